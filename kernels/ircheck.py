@@ -1,0 +1,58 @@
+"""Prove that a compiled Numba function is integer-only.
+
+The hot loop (sampling, noise addition, every layer, argmax, counting and the
+certificate lookup) must run on hardware without floating point.  We check
+this on the LLVM IR that Numba generates for the real argument types: any
+floating-point type (``half``, ``float``, ``double``, ...) or instruction
+(``fadd``, ``fcmp``, ``sitofp``, ...) anywhere in the module fails the check.
+The IR includes Numba's CPython wrapper, so the check is conservative: it
+also rejects floats that only the boxing code would touch.
+"""
+from __future__ import annotations
+
+import re
+
+FLOAT_TOKENS = (
+    # types
+    "half", "bfloat", "float", "double", "x86_fp80", "fp128", "ppc_fp128",
+    # arithmetic and comparison
+    "fadd", "fsub", "fmul", "fdiv", "frem", "fneg", "fcmp",
+    # conversions
+    "sitofp", "uitofp", "fptosi", "fptoui", "fpext", "fptrunc",
+)
+_FLOAT_RE = re.compile(r"\b(" + "|".join(FLOAT_TOKENS) + r")\b")
+# Float intrinsics such as @llvm.sqrt.f64 or @llvm.fma.v8f32 name their type with fNN.
+_INTRINSIC_RE = re.compile(r"@llvm\.[\w.]*\.(v\d+)?f(16|32|64|80|128)\b")
+
+
+def float_tokens_in_ir(llvm_ir: str) -> list[str]:
+    """Return the offending lines (stripped) of ``llvm_ir``; empty means integer-only."""
+    hits = []
+    for line in llvm_ir.splitlines():
+        code = line.split(";", 1)[0]  # drop IR comments, which may mention anything
+        if _FLOAT_RE.search(code) or _INTRINSIC_RE.search(code):
+            hits.append(code.strip())
+    return hits
+
+
+def llvm_ir_for(dispatcher, *example_args) -> str:
+    """Compile ``dispatcher`` for the types of ``example_args`` and return its LLVM IR."""
+    import numba
+
+    dispatcher(*example_args)
+    wanted = tuple(numba.typeof(a) for a in example_args)
+    for sig in dispatcher.signatures:
+        if tuple(sig) == wanted:
+            return dispatcher.inspect_llvm(sig)
+    return dispatcher.inspect_llvm(dispatcher.signatures[-1])
+
+
+def assert_integer_only(dispatcher, *example_args) -> None:
+    """Raise AssertionError naming the float instructions found in ``dispatcher``'s IR."""
+    hits = float_tokens_in_ir(llvm_ir_for(dispatcher, *example_args))
+    if hits:
+        shown = "\n  ".join(hits[:8])
+        raise AssertionError(
+            f"{getattr(dispatcher, '__name__', dispatcher)} uses floating point "
+            f"({len(hits)} IR lines), e.g.:\n  {shown}"
+        )
