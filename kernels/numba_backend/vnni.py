@@ -1,0 +1,390 @@
+"""conv2d on AVX-512 VNNI: a register-blocked ``vpdpbusd`` micro-kernel, bit-identical to the reference.
+
+``vpdpbusd acc, a, b`` adds, in each of 16 int32 lanes ``i``,
+``sum_{j<4} a[4i+j] * b[4i+j]`` (uint8 x int8, no saturation) to ``acc[i]``.
+We broadcast four input channels of one pixel to all lanes and keep, per lane,
+four input channels of one output channel, so one instruction is
+1 pixel x 16 output channels x 4 input channels = 64 multiply-accumulates.
+
+Layout (prepared per weight tensor, cached):
+
+* input: NHWC padded once per call with ``input_zero_point`` to
+  ``(N, H + 2p + slack, W + 2p, Cp)``, ``Cp = C`` rounded up to 4 (the extra
+  channels are 0 and meet zero weights).  The padding value makes the
+  ``(x - zp)`` term of the reference vanish, exactly as the reference pads.
+* weights: ``[Ob][KH][KW*Cp/4][J][16][4]`` int8, ``O`` padded to ``16*J``.
+* the micro-kernel computes a tile of ``P`` consecutive output pixels of one
+  output row times ``16*J`` output channels, accumulators in ``P*J`` zmm
+  registers, looping over one kernel row (``KW*Cp/4`` steps); ``KH`` calls add
+  up the rows, and the last one runs the fused epilogue.
+
+The zero-point term is folded into the bias: the micro-kernel computes
+``sum x*w`` on raw uint8 ``x``; ``bias_eff[o] = bias[o] - zp * sum_k w[o, k]``.
+Bounds: ``|sum x*w| <= 255 * 127 * K < 2^28`` for ``K <= 8192`` and
+``|zp * sum w| < 2^28`` likewise; the epilogue adds the int32 bias in int64,
+so nothing wraps.  Epilogue (per lane, int64): ``(acc * M + 2^(t-1)) >> t``
+with ``t = 31 - shift``, ``+ output_zero_point``, clamp -- the rule of
+:mod:`kernels.fixedpoint`, written once more here in vector IR (the scalar
+tail path calls ``requantize_round_half_up_scalar``); the equivalence tests
+hold the two to the same bits.
+
+The intrinsics only compile on CPUs with AVX-512 VNNI; :data:`AVAILABLE`
+says whether to use them, and ``INTENGINE_DISABLE_VNNI=1`` forces the
+portable kernel (same bits) for testing.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kernels.fixedpoint import requantize_round_half_up_scalar
+
+
+def _host_has_vnni() -> bool:
+    try:
+        from llvmlite import binding
+
+        features = binding.get_host_cpu_features()
+        return bool(features.get("avx512vnni", False)) and bool(features.get("avx512bw", False))
+    except Exception:  # pragma: no cover - unusual llvmlite builds
+        return False
+
+
+AVAILABLE = _host_has_vnni() and os.environ.get("INTENGINE_DISABLE_VNNI", "") in ("", "0")
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_I8 = ir.IntType(8)
+_V16 = ir.VectorType(_I32, 16)
+_V16Q = ir.VectorType(_I64, 16)
+_V16B = ir.VectorType(_I8, 16)
+
+
+def _data(context, builder, ty, value):
+    return context.make_array(ty)(context, builder, value).data
+
+
+def _splat(builder, scalar, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_V16, [0] * 16))
+
+
+def _load_accumulators(builder, scratch, scratch_off, scratch_stride, accumulate, P, J):
+    """Pointers into the int32 scratch tile and the initial accumulators (0, or the tile if accumulate)."""
+    zero = ir.Constant(_V16, [0] * 16)
+    keep = builder.icmp_signed("!=", accumulate, ir.Constant(accumulate.type, 0))
+    ptrs, init = [], []
+    for p in range(P):
+        for j in range(J):
+            off = builder.add(builder.add(scratch_off, builder.mul(ir.Constant(_I64, p), scratch_stride)),
+                              ir.Constant(_I64, 16 * j))
+            ptr = builder.bitcast(builder.gep(scratch, [off]), _V16.as_pointer())
+            ptrs.append(ptr)
+            init.append(builder.select(keep, builder.load(ptr, align=4), zero))
+    return ptrs, init
+
+
+def _dot_loop(builder, a_ptr, a_off, a_stride, b_ptr, b_off, k4, init, P, J):
+    """Emit ``for kk < k4: acc[p, j] = vpdpbusd(acc[p, j], bcast(a[p, kk]), b[kk, j])``; return the accumulators."""
+    vnni = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
+    entry = builder.block
+    head = builder.append_basic_block("vnni.head")
+    body = builder.append_basic_block("vnni.body")
+    done = builder.append_basic_block("vnni.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    kk = builder.phi(_I64)
+    kk.add_incoming(ir.Constant(_I64, 0), entry)
+    accs = []
+    for value in init:
+        phi = builder.phi(_V16)
+        phi.add_incoming(value, entry)
+        accs.append(phi)
+    builder.cbranch(builder.icmp_signed("<", kk, k4), body, done)
+    builder.position_at_end(body)
+    b_row = builder.add(b_off, builder.mul(kk, ir.Constant(_I64, 64 * J)))
+    b_vecs = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(b_row, ir.Constant(_I64, 64 * j))]),
+                                           _V16.as_pointer()), align=1) for j in range(J)]
+    a_col = builder.add(a_off, builder.mul(kk, ir.Constant(_I64, 4)))
+    updated = []
+    for p in range(P):
+        off = builder.add(a_col, builder.mul(ir.Constant(_I64, p), a_stride))
+        word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=1)
+        a_vec = _splat(builder, word, _V16)
+        for j in range(J):
+            updated.append(builder.call(vnni, [accs[p * J + j], a_vec, b_vecs[j]]))
+    kk.add_incoming(builder.add(kk, ir.Constant(_I64, 1)), builder.block)
+    for phi, value in zip(accs, updated):
+        phi.add_incoming(value, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return accs
+
+
+def _make_microkernels(P, J):
+    @intrinsic
+    def accumulate_tile(typingctx, a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate):
+        """scratch[p, 16j:16j+16] (+)= sum_kk bcast(a[a_off + p*a_stride + 4kk : +4]) . b[b_off + (kk*J + j)*64 : +64]"""
+        sig = types.void(a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate)
+
+        def codegen(context, builder, signature, args):
+            a_, a_off_, a_stride_, b_, b_off_, k4_, s_, s_off_, s_stride_, acc_ = args
+            ty = signature.args
+            a_ptr = _data(context, builder, ty[0], a_)
+            b_ptr = _data(context, builder, ty[3], b_)
+            s_ptr = _data(context, builder, ty[6], s_)
+            ptrs, init = _load_accumulators(builder, s_ptr, s_off_, s_stride_, acc_, P, J)
+            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, b_ptr, b_off_, k4_, init, P, J)
+            for ptr, value in zip(ptrs, accs):
+                builder.store(value, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def finish_tile(typingctx, a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate,
+                    out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
+                    output_zero_point, act_min, act_max):
+        """Last kernel row of a full tile, then requantize + clamp 16 channels at a time and store uint8."""
+        sig = types.void(a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate,
+                         out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
+                         output_zero_point, act_min, act_max)
+
+        def codegen(context, builder, signature, args):
+            (a_, a_off_, a_stride_, b_, b_off_, k4_, s_, s_off_, s_stride_, acc_, o_, o_off_, o_stride_,
+             bias_, mult_, tshift_, round_, ch0_, zp_, lo_, hi_) = args
+            ty = signature.args
+            a_ptr = _data(context, builder, ty[0], a_)
+            b_ptr = _data(context, builder, ty[3], b_)
+            s_ptr = _data(context, builder, ty[6], s_)
+            o_ptr = _data(context, builder, ty[10], o_)
+            bias_ptr = _data(context, builder, ty[13], bias_)
+            mult_ptr = _data(context, builder, ty[14], mult_)
+            tshift_ptr = _data(context, builder, ty[15], tshift_)
+            round_ptr = _data(context, builder, ty[16], round_)
+            _, init = _load_accumulators(builder, s_ptr, s_off_, s_stride_, acc_, P, J)
+            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, b_ptr, b_off_, k4_, init, P, J)
+            # clamp before adding the zero point, in int64: the requantized value may exceed int32
+            lo = _splat(builder, builder.sub(lo_, zp_), _V16Q)
+            hi = _splat(builder, builder.sub(hi_, zp_), _V16Q)
+            zp = _splat(builder, zp_, _V16Q)
+            for j in range(J):
+                ch = builder.add(ch0_, ir.Constant(_I64, 16 * j))
+
+                def vec(ptr, vty, align):
+                    return builder.load(builder.bitcast(builder.gep(ptr, [ch]), vty.as_pointer()), align=align)
+
+                bias = builder.sext(vec(bias_ptr, _V16, 4), _V16Q)
+                mult = builder.sext(vec(mult_ptr, _V16, 4), _V16Q)
+                tshift = vec(tshift_ptr, _V16Q, 8)
+                rounding = vec(round_ptr, _V16Q, 8)
+                for p in range(P):
+                    acc = builder.add(builder.sext(accs[p * J + j], _V16Q), bias)
+                    r = builder.ashr(builder.add(builder.mul(acc, mult), rounding), tshift)
+                    r = builder.select(builder.icmp_signed("<", r, lo), lo, r)
+                    r = builder.select(builder.icmp_signed(">", r, hi), hi, r)
+                    r = builder.trunc(builder.add(r, zp), _V16B)
+                    off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(_I64, p), o_stride_)),
+                                      ir.Constant(_I64, 16 * j))
+                    builder.store(r, builder.bitcast(builder.gep(o_ptr, [off]), _V16B.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return accumulate_tile, finish_tile
+
+
+# Register-block variants (P pixels x J*16 channels): P*J accumulators + J weight
+# vectors + 1 broadcast must fit in the 32 zmm registers.
+VARIANTS = ((4, 4), (8, 2), (7, 2), (16, 1), (8, 1), (7, 1))
+_acc_4_4, _fin_4_4 = _make_microkernels(4, 4)
+_acc_8_2, _fin_8_2 = _make_microkernels(8, 2)
+_acc_7_2, _fin_7_2 = _make_microkernels(7, 2)
+_acc_16_1, _fin_16_1 = _make_microkernels(16, 1)
+_acc_8_1, _fin_8_1 = _make_microkernels(8, 1)
+_acc_7_1, _fin_7_1 = _make_microkernels(7, 1)
+_MAX_TILE = max(P * 16 * J for P, J in VARIANTS)
+
+
+def choose_variant(out_channels: int, out_width: int) -> int:
+    """Index into VARIANTS: widest channel block dividing O, preferring P that divides OW (no tail tiles)."""
+    fits = [i for i, (P, J) in enumerate(VARIANTS) if out_channels % (16 * J) == 0]
+    if not fits:
+        fits = [VARIANTS.index((16, 1))]  # channel tail handled by the scalar epilogue
+    for i in fits:
+        if out_width % VARIANTS[i][0] == 0:
+            return i
+    return fits[0]
+
+
+@njit(cache=True)
+def _tile(variant, last, xf, a_off, a_stride, wp, b_off, k4, scratch, tile_stride, accumulate,
+          of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi):
+    # One kernel row of one tile; with last=True the fused epilogue writes uint8 output.
+    if variant == 0:
+        if last:
+            _fin_4_4(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_4_4(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+    elif variant == 1:
+        if last:
+            _fin_8_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_8_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+    elif variant == 2:
+        if last:
+            _fin_7_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_7_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+    elif variant == 3:
+        if last:
+            _fin_16_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_16_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+    elif variant == 4:
+        if last:
+            _fin_8_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_8_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+    else:
+        if last:
+            _fin_7_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+        else:
+            _acc_7_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+
+
+@njit(cache=True, parallel=True)
+def _pad_input(x, input_zero_point, padding, xp):
+    # x (N, H, W, C) -> xp (N, Hp, Wp, Cp): zp border (and slack rows), channels C..Cp-1 zero.
+    n_batch, height, width, channels = x.shape
+    padded_c = xp.shape[3]
+    for n in prange(n_batch):
+        for i in range(xp.shape[1]):
+            for j in range(xp.shape[2]):
+                inside = padding <= i < padding + height and padding <= j < padding + width
+                for c in range(padded_c):
+                    if c >= channels:
+                        xp[n, i, j, c] = 0
+                    elif inside:
+                        xp[n, i, j, c] = x[n, i - padding, j - padding, c]
+                    else:
+                        xp[n, i, j, c] = input_zero_point
+
+
+@njit(cache=True, parallel=True)
+def _conv2d_vnni_kernel(xp, wp, variant, tile_p, tile_j, padded_c, kernel_h, kernel_w, n_out,
+                        bias_eff, mult, shift, tshift, rounding, output_zero_point, stride,
+                        act_min, act_max, out):
+    # xp (N, Hp, Wp, Cp) uint8 padded input; wp packed weights (see module doc); out (N, OH, OW, O) uint8
+    n_batch, out_h, out_w, _ = out.shape
+    padded_h, padded_w = xp.shape[1], xp.shape[2]
+    tile_o = 16 * tile_j
+    n_blocks = (n_out + tile_o - 1) // tile_o
+    k4 = kernel_w * padded_c // 4
+    xf = xp.reshape(-1)
+    of = out.reshape(-1)
+    n_tiles = (out_w + tile_p - 1) // tile_p
+    for task in prange(n_batch * out_h):
+        scratch = np.empty(_MAX_TILE, dtype=np.int32)
+        n = task // out_h
+        oh = task - n * out_h
+        for t in range(n_tiles):
+            ow0 = t * tile_p
+            for ob in range(n_blocks):
+                ch0 = ob * tile_o
+                full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
+                for kh in range(kernel_h):
+                    a_off = ((n * padded_h + oh * stride + kh) * padded_w + ow0 * stride) * padded_c
+                    b_off = (ob * kernel_h + kh) * k4 * tile_o * 4
+                    o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+                    _tile(variant, full and kh == kernel_h - 1, xf, a_off, stride * padded_c, wp, b_off, k4,
+                          scratch, tile_o, kh, of, o_off, n_out, bias_eff, mult, tshift, rounding, ch0,
+                          output_zero_point, act_min, act_max)
+                if not full:  # tail tile: scalar epilogue on the valid pixels and channels
+                    for p in range(min(tile_p, out_w - ow0)):
+                        for jj in range(min(tile_o, n_out - ch0)):
+                            o = ch0 + jj
+                            acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
+                            v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + output_zero_point
+                            if v < act_min:
+                                v = act_min
+                            elif v > act_max:
+                                v = act_max
+                            out[n, oh, ow0 + p, o] = np.uint8(v)
+
+
+class PackedConvWeights:
+    """Weights of one conv layer in the VNNI layout, with the folded bias and epilogue constants."""
+
+    def __init__(self, weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
+        n_out, kernel_h, kernel_w, channels = weight.shape
+        self.variant = choose_variant(n_out, out_width)
+        self.tile_p, self.tile_j = VARIANTS[self.variant]
+        tile_o = 16 * self.tile_j
+        self.padded_c = (channels + 3) // 4 * 4
+        n_blocks = (n_out + tile_o - 1) // tile_o
+        o_pad = n_blocks * tile_o
+        w = np.zeros((o_pad, kernel_h, kernel_w, self.padded_c), dtype=np.int8)
+        w[:n_out, :, :, :channels] = weight
+        k4 = kernel_w * self.padded_c // 4
+        # [Ob][J][16][KH][k4][4] -> [Ob][KH][k4][J][16][4]
+        self.packed = np.ascontiguousarray(
+            w.reshape(n_blocks, self.tile_j, 16, kernel_h, k4, 4).transpose(0, 3, 4, 1, 2, 5)).reshape(-1)
+        weight_sum = weight.reshape(n_out, -1).astype(np.int64).sum(axis=1)
+        self.bias_eff = np.zeros(o_pad, dtype=np.int32)
+        self.bias_eff[:n_out] = bias.astype(np.int64) - int(input_zero_point) * weight_sum
+        self.mult = np.zeros(o_pad, dtype=np.int32)
+        self.mult[:n_out] = output_multiplier
+        self.shift = np.zeros(o_pad, dtype=np.int32)
+        self.shift[:n_out] = output_shift
+        self.tshift = (31 - self.shift.astype(np.int64)).astype(np.int64)
+        self.rounding = np.left_shift(np.int64(1), self.tshift - 1)
+        self.kernel_h, self.kernel_w, self.n_out = kernel_h, kernel_w, n_out
+
+
+_PACK_CACHE: dict = {}
+_PACK_CACHE_MAX = 512
+
+
+def _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
+    # Keyed on the arrays' identity and contents' addresses; the entry keeps the arrays alive,
+    # so an address cannot be reused by another array while its entry exists.
+    key = (id(weight), id(bias), id(output_multiplier), id(output_shift), int(input_zero_point), out_width)
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and hit[0] is weight and hit[1] is bias:
+        return hit[2]
+    packed = PackedConvWeights(weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
+    if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
+        _PACK_CACHE.clear()
+    _PACK_CACHE[key] = (weight, bias, packed)
+    return packed
+
+
+def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shift,
+                output_zero_point, stride, padding, act_min, act_max, out_h, out_w):
+    """VNNI conv2d on already-validated arguments; same bits as the reference."""
+    n_batch, height, width, _ = x.shape
+    pk = _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out_w)
+    padded_w = width + 2 * padding
+    # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
+    slack_rows = (pk.tile_p * stride + padded_w - 1) // padded_w + 1
+    xp = np.empty((n_batch, height + 2 * padding + slack_rows, padded_w, pk.padded_c), dtype=np.uint8)
+    _pad_input(x, np.int64(input_zero_point), np.int64(padding), xp)
+    out = np.empty((n_batch, out_h, out_w, pk.n_out), dtype=np.uint8)
+    _conv2d_vnni_kernel(xp, pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
+                        np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.kernel_w), np.int64(pk.n_out),
+                        pk.bias_eff, pk.mult, pk.shift, pk.tshift, pk.rounding, np.int64(output_zero_point),
+                        np.int64(stride), np.int64(act_min), np.int64(act_max), out)
+    return out
