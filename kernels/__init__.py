@@ -3,7 +3,9 @@
 Two backends with the same op names and signatures:
 
 * ``reference`` -- NumPy, int64 inside, written to be read: the specification.
-* ``numba``     -- Numba kernels that must return the same bits for every input.
+* ``numba``     -- Numba kernels that must return the same bits for every input;
+  conv2d uses an AVX-512 VNNI micro-kernel where the CPU has one.
+* ``numba-portable`` -- the same Numba kernels with CPU-specific paths off.
 
 ``get_backend(name)`` returns a namespace with the ops listed in ``OPS``.
 The numba backend is imported lazily so that importing ``kernels`` stays cheap.
@@ -25,13 +27,14 @@ OPS = (
 _MODULES = {
     "reference": "kernels.reference",
     "numba": "kernels.numba_backend",
+    "numba-portable": "kernels.numba_backend.portable",
 }
 
 _cache: dict[str, SimpleNamespace] = {}
 
 
 def get_backend(name: str) -> SimpleNamespace:
-    """Return the op namespace of backend ``name`` ("reference" or "numba")."""
+    """Return the op namespace of backend ``name`` ("reference", "numba" or "numba-portable")."""
     if name not in _MODULES:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {sorted(_MODULES)}")
     if name not in _cache:

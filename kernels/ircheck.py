@@ -11,6 +11,7 @@ also rejects floats that only the boxing code would touch.
 from __future__ import annotations
 
 import re
+import warnings
 
 FLOAT_TOKENS = (
     # types
@@ -35,16 +36,37 @@ def float_tokens_in_ir(llvm_ir: str) -> list[str]:
     return hits
 
 
+def _recompiled_ir(dispatcher, sig) -> str:
+    """IR of a fresh, uncached compilation of ``dispatcher.py_func`` for ``sig``."""
+    import numba
+
+    options = dict(dispatcher.targetoptions)
+    options.pop("cache", None)
+    fresh = numba.njit(**options)(dispatcher.py_func)
+    fresh.compile(sig)
+    return fresh.inspect_llvm(fresh.signatures[0])
+
+
 def llvm_ir_for(dispatcher, *example_args) -> str:
-    """Compile ``dispatcher`` for the types of ``example_args`` and return its LLVM IR."""
+    """Compile ``dispatcher`` for the types of ``example_args`` and return its LLVM IR.
+
+    Code loaded from Numba's on-disk cache carries no IR (``inspect_llvm`` then
+    returns a placeholder that would pass any check), so such a function is
+    recompiled without the cache for the same signature and that IR is returned.
+    """
     import numba
 
     dispatcher(*example_args)
     wanted = tuple(numba.typeof(a) for a in example_args)
-    for sig in dispatcher.signatures:
-        if tuple(sig) == wanted:
-            return dispatcher.inspect_llvm(sig)
-    return dispatcher.inspect_llvm(dispatcher.signatures[-1])
+    sig = next((s for s in dispatcher.signatures if tuple(s) == wanted), dispatcher.signatures[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Inspection disabled for cached code"
+        llvm_ir = dispatcher.inspect_llvm(sig)
+        if "define " not in llvm_ir:
+            llvm_ir = _recompiled_ir(dispatcher, sig)
+    if "define " not in llvm_ir:
+        raise RuntimeError(f"no LLVM IR available for {getattr(dispatcher, '__name__', dispatcher)}")
+    return llvm_ir
 
 
 def assert_integer_only(dispatcher, *example_args) -> None:

@@ -20,9 +20,10 @@ Layout (prepared per weight tensor, cached):
 
 The zero-point term is folded into the bias: the micro-kernel computes
 ``sum x*w`` on raw uint8 ``x``; ``bias_eff[o] = bias[o] - zp * sum_k w[o, k]``.
-Bounds: ``|sum x*w| <= 255 * 127 * K < 2^28`` for ``K <= 8192`` and
-``|zp * sum w| < 2^28`` likewise; the epilogue adds the int32 bias in int64,
-so nothing wraps.  Epilogue (per lane, int64): ``(acc * M + 2^(t-1)) >> t``
+Bounds: ``|sum x*w| <= 255 * 127 * K < 2^29`` for ``K <= 16577``
+(``kernels.checks.MAX_REDUCTION``), so the int32 lanes never wrap; the folded
+bias ``bias - zp * sum w`` may leave int32 and is kept in int64, where the
+epilogue adds it.  Epilogue (per lane, int64): ``(acc * M + 2^(t-1)) >> t``
 with ``t = 31 - shift``, ``+ output_zero_point``, clamp -- the rule of
 :mod:`kernels.fixedpoint`, written once more here in vector IR (the scalar
 tail path calls ``requantize_round_half_up_scalar``); the equivalence tests
@@ -180,7 +181,7 @@ def _make_microkernels(P, J):
                 def vec(ptr, vty, align):
                     return builder.load(builder.bitcast(builder.gep(ptr, [ch]), vty.as_pointer()), align=align)
 
-                bias = builder.sext(vec(bias_ptr, _V16, 4), _V16Q)
+                bias = vec(bias_ptr, _V16Q, 8)
                 mult = builder.sext(vec(mult_ptr, _V16, 4), _V16Q)
                 tshift = vec(tshift_ptr, _V16Q, 8)
                 rounding = vec(round_ptr, _V16Q, 8)
@@ -266,7 +267,7 @@ def _tile(variant, last, xf, a_off, a_stride, wp, b_off, k4, scratch, tile_strid
 
 
 @njit(cache=True, parallel=True)
-def _pad_input(x, input_zero_point, padding, xp):
+def _pad_input_kernel(x, input_zero_point, padding, xp):
     # x (N, H, W, C) -> xp (N, Hp, Wp, Cp): zp border (and slack rows), channels C..Cp-1 zero.
     n_batch, height, width, channels = x.shape
     padded_c = xp.shape[3]
@@ -284,17 +285,16 @@ def _pad_input(x, input_zero_point, padding, xp):
 
 
 @njit(cache=True, parallel=True)
-def _conv2d_vnni_kernel(xp, wp, variant, tile_p, tile_j, padded_c, kernel_h, kernel_w, n_out,
+def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, kernel_w, n_out,
                         bias_eff, mult, shift, tshift, rounding, output_zero_point, stride,
-                        act_min, act_max, out):
-    # xp (N, Hp, Wp, Cp) uint8 padded input; wp packed weights (see module doc); out (N, OH, OW, O) uint8
+                        act_min, act_max, out, of):
+    # xf: the (N, Hp, Wp, Cp) padded input, flat; wp packed weights (see module doc);
+    # out (N, OH, OW, O) uint8 and of, the same memory flat (flat views come from the
+    # caller: Numba's reshape(-1) infers the size with float math)
     n_batch, out_h, out_w, _ = out.shape
-    padded_h, padded_w = xp.shape[1], xp.shape[2]
     tile_o = 16 * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     k4 = kernel_w * padded_c // 4
-    xf = xp.reshape(-1)
-    of = out.reshape(-1)
     n_tiles = (out_w + tile_p - 1) // tile_p
     for task in prange(n_batch * out_h):
         scratch = np.empty(_MAX_TILE, dtype=np.int32)
@@ -343,7 +343,7 @@ class PackedConvWeights:
         self.packed = np.ascontiguousarray(
             w.reshape(n_blocks, self.tile_j, 16, kernel_h, k4, 4).transpose(0, 3, 4, 1, 2, 5)).reshape(-1)
         weight_sum = weight.reshape(n_out, -1).astype(np.int64).sum(axis=1)
-        self.bias_eff = np.zeros(o_pad, dtype=np.int32)
+        self.bias_eff = np.zeros(o_pad, dtype=np.int64)  # bias - zp*sum(w) may leave int32
         self.bias_eff[:n_out] = bias.astype(np.int64) - int(input_zero_point) * weight_sum
         self.mult = np.zeros(o_pad, dtype=np.int32)
         self.mult[:n_out] = output_multiplier
@@ -381,10 +381,10 @@ def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shi
     # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
     slack_rows = (pk.tile_p * stride + padded_w - 1) // padded_w + 1
     xp = np.empty((n_batch, height + 2 * padding + slack_rows, padded_w, pk.padded_c), dtype=np.uint8)
-    _pad_input(x, np.int64(input_zero_point), np.int64(padding), xp)
+    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
     out = np.empty((n_batch, out_h, out_w, pk.n_out), dtype=np.uint8)
-    _conv2d_vnni_kernel(xp, pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
+    _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
                         np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.kernel_w), np.int64(pk.n_out),
                         pk.bias_eff, pk.mult, pk.shift, pk.tshift, pk.rounding, np.int64(output_zero_point),
-                        np.int64(stride), np.int64(act_min), np.int64(act_max), out)
+                        np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1))
     return out

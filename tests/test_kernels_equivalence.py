@@ -1,0 +1,363 @@
+"""Numba backend == NumPy reference, bit for bit, for every op (gemmlowp's rule: the fast path makes no difference).
+
+Random cases come from hypothesis (shapes incl. channel counts that are not a
+multiple of 16, kernels 1/3/7, strides, paddings, zero points 0..255,
+per-channel multipliers picked from the accumulator's range, fused ReLU);
+directed cases cover rounding ties, int32 limits, weights at -127 and all-255
+inputs.
+"""
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import kernels
+from kernels.checks import MAX_REDUCTION
+from kernels.fixedpoint import quantize_multiplier, quantize_multipliers
+from kernel_cases import (
+    BACKEND_NAMES,
+    conv_acc,
+    interior_count,
+    linear_acc,
+    predicted_interior,
+    random_conv_case,
+    random_linear_case,
+)
+
+REF = kernels.get_backend("reference")
+FAST = kernels.get_backend("numba")  # VNNI conv where the CPU has it
+FAST_BACKENDS = [kernels.get_backend(name) for name in BACKEND_NAMES if name != "reference"]
+
+CHANNELS = st.sampled_from([1, 2, 3, 5, 8, 16, 17, 31, 33, 64])
+ACT_KIND = st.sampled_from(["full", "relu", "range"])
+SEED = st.integers(0, 2**32 - 1)
+
+
+def _assert_same(op, *args):
+    expected = getattr(REF, op)(*args)
+    for fast in FAST_BACKENDS:
+        got = getattr(fast, op)(*args)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    return expected
+
+
+def _assert_requantization_decides(out, acc, reals, output_zero_point, act_min, act_max):
+    # Guard against a comparison of clamps only: wherever the exact real-valued result
+    # is inside the clamp range (by > 1 LSB), the output must be too.
+    inside = predicted_interior(acc, reals, output_zero_point, act_min, act_max)
+    assert np.all((out[inside] > act_min) & (out[inside] < act_max))
+    return int(np.count_nonzero(inside))
+
+
+@pytest.mark.parametrize("c, k, stride, padding", [(3, 3, 1, 1), (16, 3, 1, 1), (32, 3, 2, 1), (17, 1, 2, 0), (8, 7, 2, 3)])
+def test_case_generator_mostly_unclamped(c, k, stride, padding):
+    # the random cases exercise requantization, not just the clamp: over many draws
+    # (all zero points, fused ReLU included) most outputs are strictly inside the range
+    rng = np.random.default_rng(c * 31 + k)
+    fractions = []
+    for _ in range(20):
+        zp_in, zp_out = (int(v) for v in rng.integers(0, 256, size=2))
+        args, _, _ = random_conv_case(rng, 2, 9, 9, c, 8, k, stride, padding, zp_in, zp_out, "full")
+        out = REF.conv2d(*args)
+        fractions.append(interior_count(out, 0, 255) / out.size)
+    assert np.median(fractions) > 0.5 and min(fractions) > 0.0, fractions
+
+
+def test_registry_has_same_ops():
+    for name in BACKEND_NAMES:
+        backend = kernels.BACKENDS[name]
+        for op in kernels.OPS:
+            assert callable(getattr(backend, op))
+    assert list(kernels.BACKENDS) == list(BACKEND_NAMES)
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 10),
+    w=st.integers(1, 10),
+    c=CHANNELS,
+    o=st.integers(1, 20),
+    k=st.sampled_from([1, 3, 7]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.integers(0, 3),
+    input_zero_point=st.integers(0, 255),
+    output_zero_point=st.integers(0, 255),
+    act_kind=ACT_KIND,
+)
+def test_conv2d(seed, n, h, w, c, o, k, stride, padding, input_zero_point, output_zero_point, act_kind):
+    assume(h + 2 * padding >= k and w + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    args, acc, reals = random_conv_case(rng, n, h, w, c, o, k, stride, padding, input_zero_point,
+                                        output_zero_point, act_kind)
+    out = _assert_same("conv2d", *args)
+    _assert_requantization_decides(out, acc, reals, output_zero_point, args[9], args[10])
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 6),
+    k=st.integers(1, 300),
+    o=st.integers(1, 24),
+    input_zero_point=st.integers(0, 255),
+    output_zero_point=st.integers(0, 255),
+    act_kind=ACT_KIND,
+)
+def test_linear(seed, n, k, o, input_zero_point, output_zero_point, act_kind):
+    rng = np.random.default_rng(seed)
+    args, acc, reals = random_linear_case(rng, n, k, o, input_zero_point, output_zero_point, act_kind)
+    out = _assert_same("linear", *args)
+    _assert_requantization_decides(out, acc, reals, output_zero_point, args[7], args[8])
+
+
+@given(
+    seed=SEED,
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    a_zero_point=st.integers(0, 255),
+    b_zero_point=st.integers(0, 255),
+    output_zero_point=st.integers(0, 255),
+    a_log2=st.floats(-8.0, 3.0),
+    b_log2=st.floats(-8.0, 3.0),
+    act_kind=ACT_KIND,
+)
+def test_add(seed, shape, a_zero_point, b_zero_point, output_zero_point, a_log2, b_log2, act_kind):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    b = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    am, ash = quantize_multiplier(2.0**a_log2)
+    bm, bsh = quantize_multiplier(2.0**b_log2)
+    act_min, act_max = (0, 255) if act_kind == "full" else (output_zero_point, 255) if act_kind == "relu" \
+        else tuple(sorted(int(v) for v in rng.integers(0, 256, size=2)))
+    _assert_same("add_round_half_up", a, b, a_zero_point, am, ash, b_zero_point, bm, bsh,
+                 output_zero_point, act_min, act_max)
+
+
+def test_add_large_tensor_and_extreme_shift_gap():
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, size=(3, 17, 19, 33), dtype=np.uint8)  # several parallel chunks
+    b = rng.integers(0, 256, size=a.shape, dtype=np.uint8)
+    for ma, sa, mb, sb in [(2**31 - 1, 10, 2**30, -10), (2**30, -31, 2**31 - 1, -11), (2**30 + 7, 0, 2**30 + 9, 0)]:
+        _assert_same("add_round_half_up", a, b, 255, ma, sa, 0, mb, sb, 128, 0, 255)
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    c=CHANNELS,
+    kernel=st.integers(1, 9),
+    stride=st.integers(1, 3),
+    input_zero_point=st.integers(0, 255),
+    output_zero_point=st.integers(0, 255),
+    ratio=st.floats(0.5, 2.0),
+    act_kind=ACT_KIND,
+)
+def test_avg_pool(seed, n, h, w, c, kernel, stride, input_zero_point, output_zero_point, ratio, act_kind):
+    assume(kernel <= h and kernel <= w)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    m, s = quantize_multiplier(ratio / kernel**2)
+    act_min, act_max = (0, 255) if act_kind == "full" else (output_zero_point, 255) if act_kind == "relu" \
+        else tuple(sorted(int(v) for v in rng.integers(0, 256, size=2)))
+    _assert_same("avg_pool_round_half_up", x, kernel, stride, input_zero_point, m, s,
+                 output_zero_point, act_min, act_max)
+
+
+def test_global_avg_pool_resnet_shape():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(4, 8, 8, 64), dtype=np.uint8)
+    m, s = quantize_multiplier(1 / 64)
+    out = _assert_same("avg_pool_round_half_up", x, 8, 1, 0, m, s, 0, 0, 255)
+    assert out.shape == (4, 1, 1, 64)
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    c=CHANNELS,
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+)
+def test_max_pool(seed, n, h, w, c, kernel, stride, padding):
+    assume(padding < kernel and kernel <= h + 2 * padding and kernel <= w + 2 * padding)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    _assert_same("max_pool", x, kernel, stride, padding)
+
+
+def test_max_pool_padding_never_wins():
+    x = np.zeros((1, 3, 3, 2), np.uint8)  # all zeros: a zero padding would tie, -inf never does
+    for backend in (REF, FAST):
+        assert backend.max_pool(x, 3, 2, 1).tolist() == np.zeros((1, 2, 2, 2), np.uint8).tolist()
+
+
+@given(seed=SEED, n=st.integers(1, 40), classes=st.integers(1, 12), levels=st.integers(1, 256))
+def test_argmax(seed, n, classes, levels):
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(0, levels, size=(n, classes)).astype(np.uint8)  # few levels: many ties
+    got = _assert_same("argmax", logits)
+    assert got.dtype == np.int32
+
+
+def test_argmax_ties_go_to_lowest_class():
+    logits = np.array([[5, 9, 9, 1], [7, 7, 7, 7], [0, 0, 0, 255]], np.uint8)
+    for backend in (REF, FAST):
+        assert backend.argmax(logits).tolist() == [1, 0, 3]
+
+
+# --------------------------------------------------------------------------- directed cases
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_conv_rounding_ties_go_up(backend):
+    # 1x1 conv, one channel, weight 1, real multiplier 1/2 exactly: acc odd -> exact .5 ties
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    weight = np.ones((1, 1, 1, 1), np.int8)
+    m, s = quantize_multipliers([0.5])
+    for input_zero_point in (0, 255, 128):
+        out = kernels.get_backend(backend).conv2d(
+            x, weight, np.zeros(1, np.int32), input_zero_point, m, s, 128, 1, 0, 0, 255)
+        acc = x.astype(np.int64) - input_zero_point
+        expected = np.clip(np.floor_divide(acc + 1, 2) + 128, 0, 255)  # floor(acc/2 + 1/2): ties toward +inf
+        np.testing.assert_array_equal(out.astype(np.int64), expected)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_linear_ties_with_per_channel_shifts(backend):
+    # real multipliers 2^-1 .. 2^-4: acc = 2^(j-1) * odd hits a tie in channel j
+    x = np.array([[1], [3], [5], [8 + 4], [255]], np.uint8)
+    weight = np.ones((4, 1), np.int8)
+    m, s = quantize_multipliers([2.0**-1, 2.0**-2, 2.0**-3, 2.0**-4])
+    out = kernels.get_backend(backend).linear(x, weight, np.zeros(4, np.int32), 0, m, s, 0, 0, 255)
+    acc = x.astype(np.int64)
+    expected = np.stack([np.floor_divide(acc[:, 0] + 2 ** (j - 1), 2**j) for j in range(1, 5)], axis=1)
+    np.testing.assert_array_equal(out.astype(np.int64), expected)
+
+
+def test_conv_extreme_accumulator():
+    # largest |dot| the checks allow for a ResNet-50 shape (3x3x512 = 4608): all-255 input,
+    # zero point 0, weights at -127, int32-limit biases; the int32 dot must not wrap
+    x = np.full((2, 3, 3, 512), 255, np.uint8)
+    weight = np.full((3, 3, 3, 512), -127, np.int8)
+    bias = np.array([-(2**31), 2**31 - 1, 0], np.int32)
+    acc = conv_acc(x, weight, bias, 0, 1, 1)
+    assert acc.min() < -(2**31) and int(np.abs(acc - bias).max()) == 255 * 127 * 4608
+    for real in (2.0**-24, 2.0**-8, 0.9):
+        m, s = quantize_multipliers([real] * 3)
+        out = _assert_same("conv2d", x, weight, bias, 0, m, s, 128, 1, 1, 0, 255)
+        assert out.shape == (2, 3, 3, 3)
+    m, s = quantize_multipliers([2.0**-24] * 3)
+    out = REF.conv2d(x, weight, bias, 0, m, s, 128, 1, 1, 0, 255)
+    assert 0 < out[0, 1, 1, 2] < 128  # the bias-0 channel is decided by requantization, not the clamp
+
+
+def test_linear_longest_reduction():
+    # K = MAX_REDUCTION, all-255 inputs, weights -127: |dot| just below 2^29
+    k = MAX_REDUCTION
+    x = np.full((2, k), 255, np.uint8)
+    weight = np.full((2, k), -127, np.int8)
+    weight[1] = 127
+    bias = np.array([-(2**31), 2**31 - 1], np.int32)
+    assert np.abs(linear_acc(x, weight, np.zeros(2, np.int32), 0)).max() < 2**29
+    for m, s in [(2**31 - 1, -31), (2**31 - 1, -20), (2**30, 30)]:
+        _assert_same("linear", x, weight, bias, 0, np.full(2, m, np.int32), np.full(2, s, np.int32), 100, 0, 255)
+
+
+@pytest.mark.parametrize("c", [1, 3, 15, 17, 33, 65])
+def test_conv_channels_not_multiple_of_16(c):
+    rng = np.random.default_rng(c)
+    args, _, _ = random_conv_case(rng, 2, 7, 6, c, 19, 3, 2, 1, 37, 99, "relu")
+    _assert_same("conv2d", *args)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("conv2d", (np.zeros((1, 3, 3, 2), np.uint8), np.full((1, 1, 1, 2), -128, np.int8),
+                np.zeros(1, np.int32), 0, np.array([2**30], np.int32), np.zeros(1, np.int32), 0, 1, 0, 0, 255)),
+    ("conv2d", (np.zeros((1, 3, 3, 2), np.float32), np.zeros((1, 1, 1, 2), np.int8),
+                np.zeros(1, np.int32), 0, np.array([2**30], np.int32), np.zeros(1, np.int32), 0, 1, 0, 0, 255)),
+    ("conv2d", (np.zeros((1, 3, 3, 2), np.uint8), np.zeros((1, 5, 5, 2), np.int8),
+                np.zeros(1, np.int32), 0, np.array([2**30], np.int32), np.zeros(1, np.int32), 0, 1, 0, 0, 255)),
+    ("linear", (np.zeros((1, 4), np.uint8), np.zeros((2, 4), np.int8), np.zeros(2, np.int32), 0,
+                np.array([2**30, 5], np.int32), np.zeros(2, np.int32), 0, 0, 255)),
+    ("linear", (np.zeros((1, MAX_REDUCTION + 1), np.uint8), np.zeros((1, MAX_REDUCTION + 1), np.int8),
+                np.zeros(1, np.int32), 0, np.array([2**30], np.int32), np.zeros(1, np.int32), 0, 0, 255)),
+    ("add_round_half_up", (np.zeros(3, np.uint8), np.zeros(3, np.uint8), 0, 2**30, 10, 0, 2**30, -11, 0, 0, 255)),
+    ("add_round_half_up", (np.zeros(3, np.uint8), np.zeros(4, np.uint8), 0, 2**30, 0, 0, 2**30, 0, 0, 0, 255)),
+    ("avg_pool_round_half_up", (np.zeros((1, 2, 2, 1), np.uint8), 3, 1, 0, 2**30, 0, 0, 0, 255)),
+    ("max_pool", (np.zeros((1, 4, 4, 1), np.uint8), 2, 2, 2)),
+    ("argmax", (np.zeros((2, 0), np.uint8),)),
+    ("conv2d", (np.zeros((1, 3, 3, 2), np.uint8), np.zeros((1, 1, 1, 2), np.int8),
+                np.zeros(1, np.int32), 0, np.array([2**30], np.int32), np.zeros(1, np.int32), 0, 1, 0, 200, 100)),
+])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_both_backends_reject_the_same_bad_arguments(backend, op, args):
+    with pytest.raises(ValueError):
+        getattr(kernels.get_backend(backend), op)(*args)
+
+
+def test_thread_count_makes_no_difference():
+    import numba
+
+    rng = np.random.default_rng(11)
+    args, _, _ = random_conv_case(rng, 5, 9, 7, 17, 12, 3, 1, 1, 77, 120, "relu")
+    expected = REF.conv2d(*args)
+    previous = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            for fast in FAST_BACKENDS:
+                np.testing.assert_array_equal(fast.conv2d(*args), expected)
+    finally:
+        numba.set_num_threads(previous)
+
+
+# The VNNI conv fills full tiles (P pixels x 16*J channels, O a multiple of 16) through
+# a fused vector epilogue and only tails through the scalar one; these shapes reach both.
+@given(
+    seed=SEED,
+    n=st.integers(1, 2),
+    h=st.integers(1, 9),
+    w=st.integers(7, 33),
+    c=st.sampled_from([3, 4, 16, 20, 32, 64]),
+    o=st.sampled_from([16, 32, 48, 64, 96, 128]),
+    k=st.sampled_from([1, 3, 7]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.integers(0, 3),
+    input_zero_point=st.integers(0, 255),
+    output_zero_point=st.integers(0, 255),
+    act_kind=ACT_KIND,
+)
+def test_conv2d_full_channel_blocks(seed, n, h, w, c, o, k, stride, padding, input_zero_point,
+                                    output_zero_point, act_kind):
+    assume(h + 2 * padding >= k and w + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    args, acc, reals = random_conv_case(rng, n, h, w, c, o, k, stride, padding, input_zero_point,
+                                        output_zero_point, act_kind)
+    out = _assert_same("conv2d", *args)
+    _assert_requantization_decides(out, acc, reals, output_zero_point, args[9], args[10])
+
+
+@pytest.mark.parametrize("h, c, o, k, stride, padding", [
+    (32, 3, 16, 3, 1, 1), (32, 16, 16, 3, 1, 1), (32, 16, 32, 3, 2, 1), (32, 16, 32, 1, 2, 0),
+    (16, 32, 32, 3, 1, 1), (16, 32, 64, 3, 2, 1), (8, 64, 64, 3, 1, 1),          # ResNet-20
+    (56, 3, 64, 7, 2, 3), (14, 64, 256, 1, 1, 0), (7, 512, 2048, 1, 1, 0), (14, 256, 256, 3, 1, 1),  # ResNet-50-like
+])
+def test_conv2d_resnet_layer_shapes(h, c, o, k, stride, padding):
+    rng = np.random.default_rng(h * 1000 + c + o)
+    args, acc, reals = random_conv_case(rng, 2, h, h, c, o, k, stride, padding, 11, 128, "relu")
+    out = _assert_same("conv2d", *args)
+    assert _assert_requantization_decides(out, acc, reals, 128, args[9], args[10]) > out.size // 4
+
+
+def test_vnni_path_is_taken_where_available():
+    from kernels.numba_backend import vnni
+
+    if not vnni.AVAILABLE:
+        pytest.skip("this CPU has no AVX-512 VNNI (or INTENGINE_DISABLE_VNNI is set): only the portable path runs")
+    assert vnni.choose_variant(64, 8) == vnni.VARIANTS.index((4, 4))
+    assert vnni.choose_variant(16, 32) == vnni.VARIANTS.index((16, 1))
