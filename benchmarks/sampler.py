@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-# benchmarks/ holds a script named kernels.py: keep it from shadowing the kernels package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

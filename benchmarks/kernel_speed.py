@@ -1,6 +1,6 @@
 """Conv throughput on every distinct ResNet-20 conv shape: intengine (Numba) vs torch int8 vs torch float32.
 
-    python benchmarks/kernels.py [--batch 256] [--threads 2] [--repeat 5]
+    python benchmarks/kernel_speed.py [--batch 256] [--threads 2] [--repeat 5]
 
 First checks, per shape on a small batch, that the Numba conv is bit-identical
 to the NumPy reference (and reports its distance to torch's int8 conv), then
