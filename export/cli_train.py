@@ -1,0 +1,135 @@
+"""`intengine train`: noise-augmented training and export to model.int8 (torch is imported lazily).
+
+Also runnable as ``python -m export.cli_train ...`` with the same options.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True,
+                        help="CIFAR-10 .npz (x_train/y_train/x_test/y_test) or cifar-10-batches-py folder, or 'digits'")
+    parser.add_argument("--arch", default="resnet20", choices=["resnet20", "small", "resnet50"])
+    parser.add_argument("--sigma", type=float, default=0.25, help="noise level in pixel scale [0, 1]")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--qat-epochs", type=int, default=None, help="epochs with fake quantization (default ~1/3)")
+    parser.add_argument("--freeze-epochs", type=int, default=None, help="last QAT epochs with frozen observers")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--out", required=True, help="output model.int8 (float mode: float32 safetensors)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["intrs", "float"], default="intrs",
+                        help="intrs: QAT + discrete Gaussian noise from the engine's sampler; float: Cohen et al.")
+    parser.add_argument("--resume", default=None, help="checkpoint to resume from")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint written after every epoch (default OUT.ckpt)")
+    parser.add_argument("--init", default=None,
+                        help="start from the float weights of a checkpoint (float phase), e.g. another sigma's run")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        from intengine.errors import IntengineError
+
+        raise IntengineError("training needs torch: pip install 'intengine[torch]'") from None
+    import platform
+
+    import numpy as np
+
+    from export import convert
+    from export.train import TrainConfig, train
+    from intengine.datasets import load_cifar10, load_digits_uint8
+    from intengine.errors import IntengineError
+
+    if args.epochs < 1:
+        raise IntengineError("--epochs must be >= 1")
+    if not (args.sigma >= 0):
+        raise IntengineError("--sigma must be >= 0")
+    if args.data == "digits":
+        x_train, y_train, names = load_digits_uint8("train")
+        x_test, y_test, _ = load_digits_uint8("test")
+        dataset = "sklearn digits 8x8 (80/20 split, seed 0)"
+    else:
+        x_train, y_train, names = load_cifar10(args.data, "train")
+        x_test, y_test, _ = load_cifar10(args.data, "test")
+        dataset = f"CIFAR-10 from {args.data}"
+    cfg = TrainConfig(arch=args.arch, sigma=args.sigma, epochs=args.epochs, qat_epochs=args.qat_epochs,
+                      freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
+                      batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                      flip=(args.data != "digits"))  # digits are not mirror-symmetric
+    ckpt = args.checkpoint or (args.out + ".ckpt")
+    print(f"training {args.arch} ({args.mode}) sigma={args.sigma} epochs={args.epochs} "
+          f"schedule(float,qat,frozen)={cfg.schedule()} seed={args.seed} on {len(x_train)} images", flush=True)
+    result = train(cfg, x_train, y_train, x_test, y_test, len(names), checkpoint=ckpt, resume=args.resume,
+                   log=lambda s: print(s, flush=True), init=args.init)
+    float_e, qat_e, frozen_e = cfg.schedule()
+    provenance = {
+        "dataset": dataset, "train_images": int(len(x_train)), "test_images": int(len(x_test)),
+        "arch": args.arch, "mode": args.mode, "epochs": args.epochs, "float_epochs": float_e,
+        "qat_epochs": qat_e, "frozen_observer_epochs": frozen_e, "seed": args.seed,
+        "batch_size": args.batch_size, "lr": args.lr,
+        "init": _init_note(args.init),
+        "noise": ("discrete Gaussian N_Z(0,(255 sigma)^2) from kernels.sampler, clip(v+n,0,255)"
+                  if args.mode == "intrs" else "continuous Gaussian N(0,sigma^2) on [0,1] pixels, no clip"),
+        "test_acc_clean": result["metrics"]["test_acc_clean"],
+        "test_acc_noisy": result["metrics"]["test_acc_noisy"],
+        "train_seconds": result["metrics"]["train_seconds"],
+        "command": "intengine train " + " ".join(shlex.quote(a) for a in _argv_of(args)),
+        "torch": torch.__version__, "python": platform.python_version(),
+    }
+    if args.mode == "float":
+        convert.write_float_baseline(result["model"], args.out, args.sigma, names, provenance)
+    else:
+        convert.write_model(result["model"], args.out, sigma=args.sigma, class_names=names, provenance=provenance)
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def _init_note(init) -> str:
+    if not init:
+        return "random (seeded)"
+    import torch
+
+    state = torch.load(init, weights_only=True)
+    cfg = state.get("config", {})
+    return (f"float weights of a {cfg.get('arch')} run at sigma={cfg.get('sigma')} (seed {cfg.get('seed')}) "
+            f"after {state['epoch'] + 1} epochs")
+
+
+def _argv_of(args) -> list[str]:
+    out = ["--data", args.data, "--arch", args.arch, "--sigma", str(args.sigma), "--epochs", str(args.epochs)]
+    for opt, val in (("--qat-epochs", args.qat_epochs), ("--freeze-epochs", args.freeze_epochs)):
+        if val is not None:
+            out += [opt, str(val)]
+    if args.batch_size != 128:
+        out += ["--batch-size", str(args.batch_size)]
+    if args.lr != 0.1:
+        out += ["--lr", str(args.lr)]
+    if args.init:
+        out += ["--init", args.init]
+    out += ["--out", args.out, "--seed", str(args.seed), "--mode", args.mode]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="intengine train")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except Exception as exc:  # one line for user errors
+        from intengine.errors import IntengineError
+
+        if isinstance(exc, IntengineError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

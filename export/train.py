@@ -1,0 +1,264 @@
+"""Noise-augmented training: IntRS-quant (QAT + discrete Gaussian noise) and Cohen et al.'s float baseline.
+
+``mode="intrs"``: the noise is drawn from the engine's own integer sampler
+(``kernels.sampler.sample_discrete_gaussian``) on the 0..255 pixel grid, one fresh bank per epoch
+indexed by (epoch, image): ``stream = 16 + epoch``, ``seed`` = the training seed (see ``epoch_noise_key``). The noisy input is
+``clip(v + n, 0, 255)`` exactly as in the engine (policy "clip"). Schedule: float warm-up epochs with
+batch norm, then batch norms are folded and the network is trained with fake quantization
+(:mod:`export.qat`); observers are frozen for the last QAT epochs.
+
+``mode="float"``: Cohen et al.: float32 model, continuous Gaussian noise ``N(0, sigma^2)`` added to the
+[0, 1] image (no clipping), no quantization.
+
+SGD with momentum 0.9 and Nesterov, weight decay 5e-4, cosine learning rate over all epochs (per
+step), random crop (zero padding) and horizontal flip.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import nn
+
+from export import models as fm
+from export import qat
+
+# sampler streams (0..255; 0 and 1 are certification's): 2 observer calibration, 3 test, 16+ per epoch
+CALIB_NOISE_STREAM = 2
+TEST_NOISE_STREAM = 3
+TRAIN_NOISE_STREAM = 16
+
+
+def epoch_noise_key(seed: int, epoch: int) -> tuple[int, int]:
+    """(seed, stream) of the training noise bank of ``epoch``: streams 16..215, then the next seed block."""
+    return seed + (epoch // 200) * 2**32, TRAIN_NOISE_STREAM + epoch % 200
+
+
+def sigma_sq_int(sigma: float) -> Fraction:
+    """sigma_int^2 = (255 * sigma)^2 as an exact Fraction (Fraction(str(sigma)) * 255, squared)."""
+    return (Fraction(str(sigma)) * 255) ** 2
+
+
+def discrete_noise(sigma: float, shape, seed: int, stream: int) -> np.ndarray:
+    """int32 discrete Gaussian noise N_Z(0, (255 sigma)^2) from the engine's sampler."""
+    from kernels.sampler import sample_discrete_gaussian, sigma_sq_from_sigma
+
+    shape = tuple(int(s) for s in shape)
+    # one sample (row) per image, its pixels the coordinates: noise = f(seed, stream, image, pixel).
+    # A table-sampler failure (FAIL = INT32_MIN, probability < 2^-58 per value) clips to pixel 0.
+    n = sample_discrete_gaussian(sigma_sq_from_sigma(sigma), (shape[0], int(np.prod(shape[1:]))), seed, stream)
+    return np.asarray(n, dtype=np.int32).reshape(shape)
+
+
+def noisy_clip(x_uint8: np.ndarray | torch.Tensor, noise) -> torch.Tensor:
+    """clip(v + n, 0, 255) / 255 as float32 NCHW from uint8 NHWC images and int noise (the engine's policy)."""
+    x = torch.as_tensor(x_uint8).to(torch.int32) + torch.as_tensor(noise).to(torch.int32)
+    x = torch.clamp(x, 0, 255)
+    return (x.to(torch.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
+def clean_input(x_uint8) -> torch.Tensor:
+    return (torch.as_tensor(x_uint8).to(torch.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """Random crop with zero padding (H // 8 pixels) and horizontal flip, uint8 NHWC."""
+    n, h, w, _ = x.shape
+    pad = max(1, h // 8)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    out = np.empty_like(x)
+    for i in range(n):
+        out[i] = xp[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    if flip:
+        f = rng.random(n) < 0.5
+        out[f] = out[f, :, ::-1]
+    return out
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "resnet20"
+    sigma: float = 0.25
+    epochs: int = 30
+    qat_epochs: int | None = None      # default: about a third of the epochs (intrs), 0 for float
+    freeze_epochs: int | None = None   # observers frozen for the last epochs (default: about a third of QAT)
+    mode: str = "intrs"
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    flip: bool = True
+    qat_lr_scale: float = 0.1          # fine-tuning without batch norm diverges at the float learning rate
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def schedule(self) -> tuple[int, int, int]:
+        """(float epochs, QAT epochs, frozen-observer epochs)."""
+        if self.mode == "float":
+            return self.epochs, 0, 0
+        q = self.qat_epochs if self.qat_epochs is not None else max(1, round(self.epochs / 3))
+        q = min(q, self.epochs)
+        f = self.freeze_epochs if self.freeze_epochs is not None else max(1, round(q / 3))
+        return self.epochs - q, q, min(f, q)
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
+def _make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=0.9, nesterov=True,
+    )
+
+
+def _batch_input(cfg: TrainConfig, xb: np.ndarray, noise, gen: torch.Generator | None):
+    if cfg.mode == "float":
+        x = clean_input(xb)
+        return x + cfg.sigma * torch.randn(x.shape, generator=gen)
+    return noisy_clip(xb, noise)
+
+
+@torch.no_grad()
+def evaluate(cfg: TrainConfig, net: nn.Module, x: np.ndarray, y: np.ndarray, noisy: bool,
+             batch: int = 256) -> float:
+    """Top-1 accuracy, clean or under one noise draw per image (the base classifier under noise)."""
+    net.eval()
+    if noisy and cfg.mode != "float":
+        noise = discrete_noise(cfg.sigma, x.shape, cfg.seed, TEST_NOISE_STREAM)
+    gen = torch.Generator().manual_seed(cfg.seed + TEST_NOISE_STREAM)
+    correct = 0
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        if not noisy:
+            inp = clean_input(xb)
+        elif cfg.mode == "float":
+            inp = _batch_input(cfg, xb, None, gen)
+        else:
+            inp = noisy_clip(xb, noise[i:i + batch])
+        correct += int((net(inp).argmax(1).numpy() == y[i:i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def checkpoint_state(epoch, net, optimizer, phase, cfg, history) -> dict:
+    return {
+        "epoch": epoch, "phase": phase, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}, "history": history,
+    }
+
+
+def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
+          checkpoint: str | None = None, resume: str | None = None, log=print, init: str | None = None) -> dict:
+    """Train and return {"model": float or QResNet (eval mode), "metrics": {...}, "history": [...]}.
+
+    ``init``: a checkpoint taken in the float phase (of this architecture) whose weights start the
+    float phase here (e.g. fine-tuning a model trained at another sigma); the schedule is unchanged.
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    n, h, w, c = x_train.shape
+    float_epochs, qat_epochs, frozen_epochs = cfg.schedule()
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    net: nn.Module = fm.build(cfg.arch, num_classes, c, h)
+    optimizer = _make_optimizer(cfg, net)
+    phase, start_epoch, history = "float", 0, []
+    if init and not resume:
+        state = torch.load(init, weights_only=True)
+        if state["phase"] != "float":
+            raise ValueError(f"--init checkpoint {init} is not from the float phase")
+        net.load_state_dict(state["model"])
+        log(f"initialized from {init} (float weights after epoch {state['epoch'] + 1})")
+    if resume:
+        state = torch.load(resume, weights_only=True)
+        phase, start_epoch, history = state["phase"], state["epoch"] + 1, list(state["history"])
+        if phase == "qat":
+            net = qat.quantize_model(net)
+            optimizer = _make_optimizer(cfg, net)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"resumed from {resume} after epoch {state['epoch'] + 1} ({phase})")
+
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        if epoch >= float_epochs and phase == "float" and qat_epochs > 0:
+            net = _start_qat(cfg, net, x_train, log)
+            optimizer = _make_optimizer(cfg, net)
+            phase = "qat"
+        if phase == "qat" and epoch >= cfg.epochs - frozen_epochs:
+            net.freeze_observers(True)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        noise = None
+        if cfg.mode != "float":
+            noise = discrete_noise(cfg.sigma, x_train.shape, *epoch_noise_key(cfg.seed, epoch))
+        order = rng.permutation(n)
+        net.train()
+        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            step = epoch * steps_per_epoch + b
+            lr = _lr_at(cfg, step, total_steps) * (cfg.qat_lr_scale if phase == "qat" else 1.0)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            xb = augment(x_train[idx], rng, cfg.flip)
+            inp = _batch_input(cfg, xb, None if noise is None else noise[idx], gen)
+            target = torch.as_tensor(y_train[idx])
+            out = net(inp)
+            loss = nn.functional.cross_entropy(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((out.argmax(1) == target).sum())
+            seen += len(idx)
+        test_noisy = evaluate(cfg, net, x_test, y_test, noisy=True)
+        rec = {"epoch": epoch + 1, "phase": phase, "loss": round(loss_sum / seen, 4),
+               "train_acc": round(correct / seen, 4), "test_acc_noisy": round(test_noisy, 4),
+               "seconds": round(time.time() - t0, 1)}
+        history.append(rec)
+        log(f"epoch {epoch + 1}/{cfg.epochs} [{phase}] loss {rec['loss']:.4f} train {rec['train_acc']:.3f} "
+            f"test(noisy) {test_noisy:.3f} lr {optimizer.param_groups[0]['lr']:.4f} {rec['seconds']:.0f}s")
+        if checkpoint:
+            torch.save(checkpoint_state(epoch, net, optimizer, phase, cfg, history), checkpoint)
+    if phase == "float" and qat_epochs > 0:  # zero training epochs left for QAT: still convert
+        net = _start_qat(cfg, net, x_train, log)
+        net.freeze_observers(True)
+    net.eval()
+    metrics = {
+        "test_acc_clean": round(evaluate(cfg, net, x_test, y_test, noisy=False), 4),
+        "test_acc_noisy": round(evaluate(cfg, net, x_test, y_test, noisy=True), 4),
+        "train_seconds": round(time.time() - t_start, 1),
+    }
+    log(f"final: test clean {metrics['test_acc_clean']:.4f}, test under noise (sigma {cfg.sigma}) "
+        f"{metrics['test_acc_noisy']:.4f}, {metrics['train_seconds']:.0f}s")
+    return {"model": net, "metrics": metrics, "history": history}
+
+
+def _start_qat(cfg: TrainConfig, net: nn.Module, x_train, log, calib_batches: int = 16) -> qat.QResNet:
+    """Fold batch norms, calibrate the observers on noisy training batches (no gradient)."""
+    qnet = qat.quantize_model(net)
+    qnet.train()
+    rng = np.random.default_rng([cfg.seed, 424242])
+    noise = discrete_noise(cfg.sigma, (min(len(x_train), calib_batches * cfg.batch_size),) + x_train.shape[1:],
+                           cfg.seed, CALIB_NOISE_STREAM)
+    with torch.no_grad():
+        for b in range(calib_batches):
+            idx = rng.permutation(len(noise))[: cfg.batch_size]
+            qnet(noisy_clip(x_train[idx], noise[idx]))
+    log("batch norms folded, observers calibrated; quantization-aware training starts")
+    return qnet

@@ -1,0 +1,180 @@
+"""Graph executor: runs a validated model.int8 through a kernel backend ("numba" or "reference").
+
+The model file is validated completely by :mod:`intengine.modelfile` when it is loaded, so every
+kernel call below receives arguments the kernels accept. Activations are uint8 NHWC, batch = noise
+samples; a linear layer takes its input flattened in NHWC order.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from intengine import modelfile
+from intengine.errors import IntengineError
+
+
+class Model:
+    """A loaded, validated integer network."""
+
+    def __init__(self, model: dict, tensors: dict[str, np.ndarray], path: str | None = None):
+        modelfile.validate(model, tensors, path or "<model>")
+        self.description = model
+        self.tensors = tensors
+        self.path = path
+        self.input_shape = tuple(int(v) for v in model["input"]["shape"])
+        self.num_classes = int(model["num_classes"])
+        self.class_names = list(model["class_names"])
+        self.sigma = float(model["sigma"])
+        self.clip = model["input"]["clip"]
+        self.metadata = model.get("provenance", {})
+        self.nodes = model["nodes"]
+        self.output = model["output"]
+        # per-node argument tuples, prepared once (C-contiguous arrays, Python ints)
+        self._plan = [self._prepare(n) for n in self.nodes]
+
+    def _prepare(self, node):
+        a, t = node["attrs"], {k: np.ascontiguousarray(self.tensors[v]) for k, v in node["tensors"].items()}
+        op = node["op"]
+        if op == "conv2d":
+            args = (t["weight"], t["bias"], a["input_zero_point"], t["output_multiplier"], t["output_shift"],
+                    a["output_zero_point"], a["stride"], a["padding"], a["act_min"], a["act_max"])
+        elif op == "linear":
+            args = (t["weight"], t["bias"], a["input_zero_point"], t["output_multiplier"], t["output_shift"],
+                    a["output_zero_point"], a["act_min"], a["act_max"])
+        elif op == "add_round_half_up":
+            args = (a["a_zero_point"], a["a_multiplier"], a["a_shift"], a["b_zero_point"], a["b_multiplier"],
+                    a["b_shift"], a["output_zero_point"], a["act_min"], a["act_max"])
+        elif op == "avg_pool_round_half_up":
+            args = (a["kernel"], a["stride"], a["input_zero_point"], a["output_multiplier"], a["output_shift"],
+                    a["output_zero_point"], a["act_min"], a["act_max"])
+        else:
+            args = (a["kernel"], a["stride"], a["padding"])
+        return op, node["name"], list(node["inputs"]), args
+
+    def check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise IntengineError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.uint8:
+            raise IntengineError(f"input must have dtype uint8 (pixel values 0..255), got {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise IntengineError(
+                f"input must have shape (N, {', '.join(map(str, self.input_shape))}) (NHWC), got {tuple(x.shape)}")
+        return np.ascontiguousarray(x)
+
+    def forward(self, x, backend: str = "numba") -> np.ndarray:
+        """uint8 logits (N, num_classes) for uint8 NHWC input ``x``."""
+        from kernels import get_backend
+
+        x = self.check_input(x)
+        try:
+            ops = get_backend(backend)
+        except ValueError as exc:
+            raise IntengineError(str(exc)) from None
+        if x.shape[0] == 0:
+            return np.zeros((0, self.num_classes), dtype=np.uint8)
+        values = {"input": x}
+        remaining = _last_use(self._plan, self.output)
+        try:
+            for i, (op, name, inputs, args) in enumerate(self._plan):
+                ins = [values[k] for k in inputs]
+                if op == "conv2d":
+                    out = ops.conv2d(ins[0], *args)
+                elif op == "linear":
+                    out = ops.linear(np.ascontiguousarray(ins[0].reshape(ins[0].shape[0], -1)), *args)
+                elif op == "add_round_half_up":
+                    out = ops.add_round_half_up(ins[0], ins[1], *args)
+                elif op == "avg_pool_round_half_up":
+                    out = ops.avg_pool_round_half_up(ins[0], *args)
+                else:
+                    out = ops.max_pool(ins[0], *args)
+                values[name] = out
+                for k in remaining[i]:  # free activations no later node reads
+                    values.pop(k, None)
+        except ValueError as exc:  # argument checks in kernels (cannot happen for a validated model)
+            raise IntengineError(f"kernel rejected node {name!r}: {exc}") from None
+        return values[self.output]
+
+    def classify(self, x, backend: str = "numba") -> np.ndarray:
+        """int32 class ids (N,): argmax of the uint8 logits, ties to the lowest class id."""
+        from kernels import get_backend
+
+        logits = self.forward(x, backend)
+        if logits.shape[0] == 0:
+            return np.zeros((0,), dtype=np.int32)
+        return get_backend(backend).argmax(logits)
+
+    def parameter_count(self) -> int:
+        return modelfile.parameter_count(self.tensors)
+
+
+def _last_use(plan, output):
+    """For each step, the activation names whose last reader is that step (never the output)."""
+    last = {}
+    for i, (_, _, inputs, _) in enumerate(plan):
+        for k in inputs:
+            last[k] = i
+    free = [[] for _ in plan]
+    for k, i in last.items():
+        if k != output:
+            free[i].append(k)
+    return free
+
+
+def load_model(path) -> Model:
+    """Load and validate a ``model.int8`` file (one-line IntengineError on any problem)."""
+    model, tensors = modelfile.read(path)
+    return Model(model, tensors, str(path))
+
+
+def info_text(model: Model, path=None) -> str:
+    """Human summary for ``intengine info``: graph table, parameters, file size, sigma, provenance."""
+    d = model.description
+    lines = []
+    if path is not None:
+        size = os.path.getsize(path) if Path(path).exists() else None
+        lines.append(f"file        {path}" + (f" ({size:,} bytes)" if size is not None else ""))
+    lines.append(f"format      {modelfile.FORMAT} version {modelfile.FORMAT_VERSION}")
+    lines.append(f"arch        {d.get('arch', '?')}")
+    h, w, c = model.input_shape
+    inp = d["input"]
+    lines.append(f"input       {h}x{w}x{c} uint8, scale {inp['scale']:.6g}, zero point {inp['zero_point']}, "
+                 f"noise policy {model.clip!r}")
+    lines.append(f"classes     {model.num_classes}: {', '.join(model.class_names)}")
+    lines.append(f"sigma       {model.sigma:g} (pixel scale; sigma_int = {255 * model.sigma:g})")
+    lines.append(f"parameters  {model.parameter_count():,}")
+    shapes = _shapes(model)
+    lines.append("")
+    lines.append(f"{'#':>3}  {'node':<16} {'op':<23} {'inputs':<28} {'output shape':<14} {'params':>8}")
+    for i, node in enumerate(model.nodes):
+        params = sum(model.tensors[t].size for k, t in node["tensors"].items() if k in ("weight", "bias"))
+        shape = "x".join(str(s) for s in shapes[node["name"]])
+        lines.append(f"{i:>3}  {node['name']:<16} {node['op']:<23} {','.join(node['inputs']):<28} "
+                     f"{shape:<14} {params:>8,}")
+    prov = model.metadata
+    if prov:
+        lines.append("")
+        lines.append("provenance")
+        for k in sorted(prov):
+            lines.append(f"  {k:<22} {prov[k]}")
+    return "\n".join(lines)
+
+
+def _shapes(model: Model) -> dict:
+    shapes = {"input": model.input_shape}
+    for node in model.nodes:
+        a, src = node["attrs"], shapes[node["inputs"][0]]
+        op = node["op"]
+        if op == "conv2d":
+            o, kh, kw, _ = model.tensors[node["tensors"]["weight"]].shape
+            s, p = a["stride"], a["padding"]
+            shapes[node["name"]] = ((src[0] + 2 * p - kh) // s + 1, (src[1] + 2 * p - kw) // s + 1, o)
+        elif op == "linear":
+            shapes[node["name"]] = (model.tensors[node["tensors"]["weight"]].shape[0],)
+        elif op == "add_round_half_up":
+            shapes[node["name"]] = src
+        else:
+            k, s, p = a["kernel"], a["stride"], a.get("padding", 0)
+            shapes[node["name"]] = ((src[0] + 2 * p - k) // s + 1, (src[1] + 2 * p - k) // s + 1, src[2])
+    return shapes

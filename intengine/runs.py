@@ -1,0 +1,208 @@
+"""certify-dataset: CERTIFY over a dataset, Cohen et al.'s TSV plus raw counts, resumable.
+
+Output ``results.tsv`` (tab-separated, one header line).  The first six columns are exactly
+Cohen et al.'s ``idx label predict radius correct time`` (predict = -1 for ABSTAIN, radius 0
+then, correct = int(predict == label), time = ``str(datetime.timedelta)``), so their analysis
+scripts work; further columns carry the integer certificate and the raw counts:
+
+    radius_sq_int  count_top  failed  seconds  counts_selection  counts_estimation
+
+(counts as comma-separated integers, one per class).  Each row is written, flushed and
+fsync'ed before the next image starts.
+
+A sidecar ``results.tsv.meta.json`` records the options that determine the results (model
+file hash, data file, split, skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
+command resumes: finished ``idx`` are read back and skipped, a partial last line (process
+killed mid-write) is cut off, and a run whose options differ is refused.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from intengine.errors import IntengineError
+
+COHEN_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
+EXTRA_COLUMNS = ["radius_sq_int", "count_top", "failed", "seconds", "counts_selection", "counts_estimation"]
+COLUMNS = COHEN_COLUMNS + EXTRA_COLUMNS
+HEADER = "\t".join(COLUMNS)
+META_KIND = "intengine.certify_dataset"
+# Options that must match for a resume (max may change: it only truncates the index list).
+RESUME_KEYS = ("model_sha256", "data", "split", "skip", "n0", "n", "alpha", "sigma", "sampler", "seed")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.json")
+
+
+def select_indices(num_images: int, skip: int = 1, max_count: int | None = None) -> list[int]:
+    """Indices 0, skip, 2*skip, ... below num_images, at most max_count of them."""
+    if skip < 1:
+        raise IntengineError(f"--skip must be >= 1, got {skip}")
+    if max_count is not None and max_count < 0:
+        raise IntengineError(f"--max must be >= 0, got {max_count}")
+    idx = list(range(0, num_images, skip))
+    return idx if max_count is None else idx[:max_count]
+
+
+def format_row(idx: int, label: int, result) -> str:
+    """One TSV line (with newline) for a CERTIFY result; Cohen's six columns first."""
+    predict = -1 if result.abstain else int(result.label)
+    radius = 0.0 if result.abstain else float(result.radius)
+    correct = int(predict == int(label))
+    elapsed = str(datetime.timedelta(seconds=float(result.seconds)))
+    fields = [
+        str(int(idx)), str(int(label)), str(predict), f"{radius:.6f}", str(correct), elapsed,
+        str(int(result.radius_sq_int)), str(int(result.count_top)), str(int(result.failed)),
+        f"{float(result.seconds):.4f}",
+        ",".join(str(int(c)) for c in result.counts_selection),
+        ",".join(str(int(c)) for c in result.counts_estimation),
+    ]
+    return "\t".join(fields) + "\n"
+
+
+def read_finished(out: Path) -> set[int]:
+    """idx of complete rows in ``out``; cuts off a partial last line in place. Raises on a foreign file."""
+    with open(out, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1  # keep everything up to the last complete line
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+            data = data[:cut]
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if not lines:
+        return set()
+    if lines[0].split("\t")[: len(COHEN_COLUMNS)] != COHEN_COLUMNS:
+        raise IntengineError(f"{out} exists and is not an intengine results file (unexpected header)")
+    done: set[int] = set()
+    for k, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) != len(COLUMNS):
+            raise IntengineError(f"{out}: line {k} is malformed ({len(parts)} columns, expected {len(COLUMNS)})")
+        try:
+            done.add(int(parts[0]))
+        except ValueError:
+            raise IntengineError(f"{out}: line {k} has a non-integer idx {parts[0]!r}") from None
+    return done
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
+    """Create or resume ``out``; returns (finished idx, the metadata in force).
+
+    ``meta['seed']`` may be None (no --seed given): a fresh run then draws one and stores it, a
+    resumed run takes the stored one.  Any other difference in RESUME_KEYS is refused.
+    """
+    mp = meta_path(out)
+    if out.exists() and out.stat().st_size > 0:
+        if not mp.exists():
+            raise IntengineError(f"{out} exists but {mp.name} is missing; refusing to append (use another --out)")
+        try:
+            stored = json.loads(mp.read_text())
+        except (OSError, ValueError):
+            raise IntengineError(f"{mp} is not readable JSON; refusing to resume") from None
+        if stored.get("kind") != META_KIND:
+            raise IntengineError(f"{mp} is not an intengine certify-dataset sidecar")
+        wanted = dict(meta)
+        if wanted.get("seed") is None:
+            wanted["seed"] = stored.get("seed")
+        diff = [k for k in RESUME_KEYS if stored.get(k) != wanted.get(k)]
+        if diff:
+            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
+            raise IntengineError(f"{out} was written with different options ({shown}); use another --out")
+        finished = read_finished(out)
+        if out.stat().st_size == 0:  # killed while writing the header
+            with open(out, "w") as fh:
+                fh.write(HEADER + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        if stored.get("max") != wanted.get("max"):
+            stored["max"] = wanted.get("max")
+            _write_json_atomic(mp, stored)
+        return finished, stored
+    from intengine.smoothing import resolve_seed
+
+    meta = dict(meta, kind=META_KIND)
+    meta["seed"] = resolve_seed(meta.get("seed"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(mp, meta)
+    with open(out, "w") as fh:
+        fh.write(HEADER + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return set(), meta
+
+
+def certify_dataset(model, model_path, data_path, out, *, split: str = "test", skip: int = 1,
+                    max_count: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+                    batch: int = 1000, seed: int | None = None, sigma: float | None = None,
+                    sampler: str = "table", backend: str = "numba", images=None,
+                    on_row=None, progress=None) -> dict:
+    """Run CERTIFY on the selected images of ``data_path`` and append rows to ``out``.
+
+    ``images`` = (x uint8 (N,H,W,C), y int (N,)) overrides loading ``data_path`` (tests).
+    ``on_row(idx, label, result)`` is called after each row is on disk.  Returns a summary dict.
+    """
+    from intengine.certificate import check_options
+    from intengine.smoothing import certify
+
+    out = Path(out)
+    sigma = float(model.sigma if sigma is None else sigma)
+    check_options(sigma=sigma, alpha=alpha, n0=n0, n=n)
+    if images is None:
+        from intengine.datasets import load_cifar10
+
+        x, y, _names = load_cifar10(data_path, split=split)
+    else:
+        x, y = images
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise IntengineError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}")
+    indices = select_indices(len(x), skip, max_count)
+    meta = {
+        "model": str(Path(model_path).resolve()) if model_path else None,
+        "model_sha256": file_sha256(model_path) if model_path else None,
+        "data": str(Path(data_path).resolve()) if data_path else None,
+        "split": split, "skip": int(skip), "max": max_count, "n0": int(n0), "n": int(n),
+        "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
+    }
+    finished, meta = prepare_output(out, meta)
+    todo = [i for i in indices if i not in finished]
+    t0 = time.perf_counter()
+    with open(out, "a") as fh:
+        for k, idx in enumerate(todo):
+            res = certify(model, np.ascontiguousarray(x[idx]), sigma=sigma, n0=n0, n=n, alpha=alpha,
+                          batch=batch, seed=meta["seed"], sampler=sampler, backend=backend,
+                          image_index=int(idx), progress=progress)
+            fh.write(format_row(idx, int(y[idx]), res))
+            fh.flush()
+            os.fsync(fh.fileno())
+            if on_row is not None:
+                on_row(idx, int(y[idx]), res)
+    return {
+        "out": str(out), "selected": len(indices), "already_done": len(indices) - len(todo),
+        "certified_now": len(todo), "seconds": time.perf_counter() - t0, "seed": meta["seed"],
+    }
