@@ -224,7 +224,7 @@ def choose_variant(out_channels: int, out_width: int) -> int:
     return fits[0]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # a call per kernel row would cost as much as the row's math
 def _tile(variant, last, xf, a_off, a_stride, wp, b_off, k4, scratch, tile_stride, accumulate,
           of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi):
     # One kernel row of one tile; with last=True the fused epilogue writes uint8 output.
