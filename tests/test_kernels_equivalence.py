@@ -361,3 +361,22 @@ def test_vnni_path_is_taken_where_available():
         pytest.skip("this CPU has no AVX-512 VNNI (or INTENGINE_DISABLE_VNNI is set): only the portable path runs")
     assert vnni.choose_variant(64, 8) == vnni.VARIANTS.index((4, 4))
     assert vnni.choose_variant(16, 32) == vnni.VARIANTS.index((16, 1))
+
+
+@pytest.mark.parametrize("act_kind", ["full", "relu", "range"])
+def test_add_table_path_covers_every_byte_pair(act_kind):
+    # Above kernels.numba_backend.op_add_round_half_up._TABLE_MIN_SIZE the numba add looks
+    # results up in a 256 x 256 table built by the same formula; every (a, b) pair appears here.
+    from kernels.numba_backend.op_add_round_half_up import _TABLE_MIN_SIZE
+
+    pairs = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), axis=-1).reshape(-1, 2)
+    reps = -(-_TABLE_MIN_SIZE // len(pairs)) + 1
+    rng = np.random.default_rng(5)
+    order = rng.permutation(len(pairs) * reps)
+    a = np.tile(pairs[:, 0], reps)[order].astype(np.uint8).reshape(reps, 256, 256, 1)
+    b = np.tile(pairs[:, 1], reps)[order].astype(np.uint8).reshape(a.shape)
+    assert a.size >= _TABLE_MIN_SIZE
+    act_min, act_max = {"full": (0, 255), "relu": (90, 255), "range": (30, 200)}[act_kind]
+    for ma, sa, mb, sb in [(2**31 - 1, 0, 2**30, -1), (2**30 + 12345, -3, 2**31 - 7, -2), (2**30, -4, 2**30 + 999, -2)]:
+        out = _assert_same("add_round_half_up", a, b, 77, ma, sa, 140, mb, sb, 90, act_min, act_max)
+        assert len(np.unique(out)) > 16  # decided by the arithmetic, not by the clamp alone
