@@ -292,7 +292,7 @@ def main(argv=None) -> int:
             rows.append({"arch": arch, "batch": batch, "results": results, "sizes": sizes})
 
     print()
-    header = f"| model | peer | us / sample | intengine speed-up | peak RSS (MB) |"
+    header = "| model | peer | us / sample | intengine speed-up | peak RSS (MB) |"
     print(header)
     print("|---|---|---:|---:|---:|")
     for row in rows:

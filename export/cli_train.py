@@ -39,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
         raise IntengineError("training needs torch: pip install 'intengine[torch]'") from None
     import platform
 
-    import numpy as np
-
     from export import convert
     from export.train import TrainConfig, train
     from intengine.datasets import load_cifar10, load_digits_uint8

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -36,11 +35,6 @@ TRAIN_NOISE_STREAM = 16
 def epoch_noise_key(seed: int, epoch: int) -> tuple[int, int]:
     """(seed, stream) of the training noise bank of ``epoch``: streams 16..215, then the next seed block."""
     return seed + (epoch // 200) * 2**32, TRAIN_NOISE_STREAM + epoch % 200
-
-
-def sigma_sq_int(sigma: float) -> Fraction:
-    """sigma_int^2 = (255 * sigma)^2 as an exact Fraction (Fraction(str(sigma)) * 255, squared)."""
-    return (Fraction(str(sigma)) * 255) ** 2
 
 
 def discrete_noise(sigma: float, shape, seed: int, stream: int) -> np.ndarray:

@@ -58,12 +58,16 @@ def check_options(*, sigma=None, alpha=None, n0=None, n=None) -> None:
 
 
 def sigma_sq_int(sigma) -> Fraction:
-    """Exact integer-unit noise variance: ``(Fraction(str(sigma)) * 255)^2`` (0.25 -> 65025/16)."""
-    if isinstance(sigma, Fraction):
-        s = sigma
-    else:
-        s = Fraction(str(sigma))
-    return (s * 255) ** 2
+    """Exact integer-unit noise variance: ``(Fraction(str(sigma)) * 255)^2`` (0.25 -> 65025/16).
+
+    The sampler's :func:`kernels.sampler.sigma_sq_from_sigma`, with its errors as IntengineError.
+    """
+    from kernels.sampler import sigma_sq_from_sigma
+
+    try:
+        return sigma_sq_from_sigma(sigma)
+    except ValueError as exc:
+        raise IntengineError(str(exc)) from None
 
 
 def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:

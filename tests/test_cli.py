@@ -164,8 +164,7 @@ MODEL = ROOT / "models" / "resnet20_sigma0.25.int8"
 
 @pytest.mark.slow
 def test_end_to_end_real_model(tmp_path, monkeypatch):
-    if not MODEL.exists():
-        pytest.skip(f"{MODEL.name} not shipped")
+    assert MODEL.exists(), f"shipped model {MODEL} is missing"
     monkeypatch.setenv("INTENGINE_CACHE", str(tmp_path / "cache"))
     args = [sys.executable, "-m", "intengine.cli", "certify", str(MODEL), str(CAT), "--n", "500", "--n0", "50",
             "--seed", "1", "--json"]

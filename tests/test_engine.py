@@ -34,8 +34,7 @@ def cifar_test(n=None):
 
 def shipped(sigma="0.25") -> Path:
     path = MODELS / f"resnet20_sigma{sigma}.int8"
-    if not path.exists():
-        pytest.skip(f"shipped model {path.name} not present")
+    assert path.exists(), f"shipped model {path} is missing"
     return path
 
 

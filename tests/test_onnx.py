@@ -65,8 +65,7 @@ def test_engine_vs_onnxruntime_tiny(tmp_path, seed):
 def test_engine_vs_onnxruntime_resnet20_cifar(tmp_path):
     model_path = REPO / "models" / "resnet20_sigma0.25.int8"
     data = Path(os.environ.get("INTENGINE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    if not model_path.exists():
-        pytest.skip("shipped model models/resnet20_sigma0.25.int8 not present")
+    assert model_path.exists(), f"shipped model {model_path} is missing"
     if not (data / "cifar10_subset.npz").exists():
         pytest.skip(f"CIFAR-10 subset not found under {data} (set INTENGINE_DATA)")
     x, _, _ = load_cifar10(data / "cifar10_subset.npz", "test")

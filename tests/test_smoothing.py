@@ -168,18 +168,10 @@ def test_resolve_seed():
         smoothing.resolve_seed(2**64)
 
 
-# --- with the real sampler (kernels.sampler), once it exists -------------------------------
-
-def _real_sampler_or_skip():
-    try:
-        from kernels.sampler import make_sampler  # noqa: F401
-    except ImportError:
-        pytest.skip("kernels.sampler.make_sampler not available yet")
-
+# --- with the real sampler (kernels.sampler) ------------------------------------------------
 
 @pytest.mark.parametrize("method", ["table", "cks"])
 def test_real_sampler_batch_invariance(method):
-    _real_sampler_or_skip()
     model = FakeModel()
     x = _image(model, seed=8)
     a = smoothing.certify(model, x, n0=16, n=200, batch=200, seed=123, sampler=method, backend="reference")

@@ -278,8 +278,7 @@ def test_discrete_inverse_cdf_radius_is_unsound_in_2d():
 def _linear_case(w, b, x_dot, s2):
     """f(x) = 1 iff <w, x> >= b on the integer lattice; exact pA at <w, x> = x_dot, true radius^2."""
     off, arr = sum_distribution([abs(v) for v in w], s2)  # law of <|w|, Z> = law of <w, Z>
-    vals = off + np.arange(arr.shape[0])
-    tail = np.cumsum(arr[::-1])[::-1]  # tail[j] = P[V >= vals[j]]
+    tail = np.cumsum(arr[::-1])[::-1]  # tail[j] = P[V >= off + j]
 
     def p1(t):  # P[f(x + Z) = 1] for <w, x> = t
         j = b - t - off
