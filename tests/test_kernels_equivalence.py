@@ -380,3 +380,14 @@ def test_add_table_path_covers_every_byte_pair(act_kind):
     for ma, sa, mb, sb in [(2**31 - 1, 0, 2**30, -1), (2**30 + 12345, -3, 2**31 - 7, -2), (2**30, -4, 2**30 + 999, -2)]:
         out = _assert_same("add_round_half_up", a, b, 77, ma, sa, 140, mb, sb, 90, act_min, act_max)
         assert len(np.unique(out)) > 16  # decided by the arithmetic, not by the clamp alone
+
+
+def test_vnni_pack_cache_sees_new_multipliers_for_the_same_weights():
+    # The VNNI conv caches packed weights per (weight, bias, multiplier, shift) array; new
+    # multiplier arrays next to the same weight and bias must not reuse a stale entry.
+    rng = np.random.default_rng(21)
+    args, _, _ = random_conv_case(rng, 2, 8, 16, 16, 32, 3, 1, 1, 9, 120, "full")
+    x, weight, bias, zp, mult, shift = args[:6]
+    for factor in (1, 2, 4):
+        shifted = (shift - factor).astype(np.int32)  # fresh array each time; old ones are freed
+        _assert_same("conv2d", x, weight, bias, zp, mult.copy(), shifted, *args[6:])

@@ -359,16 +359,18 @@ _PACK_CACHE_MAX = 512
 
 
 def _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
-    # Keyed on the arrays' identity and contents' addresses; the entry keeps the arrays alive,
-    # so an address cannot be reused by another array while its entry exists.
-    key = (id(weight), id(bias), id(output_multiplier), id(output_shift), int(input_zero_point), out_width)
+    # Keyed on the arrays' identities. The entry keeps all four arrays alive, so no id in a live
+    # key can be reused by another array; the arrays are treated as immutable (the engine never
+    # writes them), so a hit means the same contents.
+    arrays = (weight, bias, output_multiplier, output_shift)
+    key = tuple(id(a) for a in arrays) + (int(input_zero_point), out_width)
     hit = _PACK_CACHE.get(key)
-    if hit is not None and hit[0] is weight and hit[1] is bias:
-        return hit[2]
+    if hit is not None and all(kept is a for kept, a in zip(hit[0], arrays)):
+        return hit[1]
     packed = PackedConvWeights(weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
     if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
         _PACK_CACHE.clear()
-    _PACK_CACHE[key] = (weight, bias, packed)
+    _PACK_CACHE[key] = (arrays, packed)
     return packed
 
 
