@@ -67,7 +67,7 @@ from math import isqrt
 import numpy as np
 from numba import njit, prange
 
-from kernels.sampler.params import FAIL, as_sigma_sq, floor_sigma
+from kernels.sampler.params import FAIL, as_sigma_sq, clip_add, floor_sigma
 from kernels.sampler.philox import BLOCK_BITS, philox4x32_10, philox4x32_10_py
 
 S_MAX = isqrt((1 << 63) - 1)  # 3037000499
@@ -381,11 +381,7 @@ def cks_add_noise_clip_numba(k0, k1, c3, image_index, sample_start, x, num, den,
             _start(st, np.uint64(j), s, image_index, c3, k0, k1, block_limit)
             v = _discrete_gaussian(st, num, den, t, y_max, b_acc)
             bad |= v == np.int32(FAIL)
-            # 0 <= x <= 255, |v| < 2^31 or v = INT32_MIN: the int64 sum cannot overflow.
-            y = np.int64(x[j]) + np.int64(v)
-            y = max(y, _I0)
-            y = min(y, np.int64(255))
-            out[i, j] = np.uint8(y)
+            out[i, j] = clip_add(x[j], v)
         failed[i] = np.uint8(1) if bad else np.uint8(0)
 
 

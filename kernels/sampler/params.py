@@ -10,6 +10,7 @@ from fractions import Fraction
 from math import isqrt
 
 import numpy as np
+from numba import njit
 
 FAIL = int(np.iinfo(np.int32).min)
 """Raw value of the table sampler's failure outcome (``INT32_MIN``); never a valid noise value."""
@@ -77,3 +78,15 @@ def ceil_multiple_of_sigma(sigma_sq: Fraction, c: int) -> int:
     while k * k * den < c * c * num:
         k += 1
     return k
+
+
+@njit(cache=True, inline="always")
+def clip_add(x, v):
+    """``clip(x + v, 0, 255)`` as uint8 for a pixel ``0 <= x <= 255`` and noise ``v`` (int32; FAIL clips to 0).
+
+    ``x + v`` is formed in int64, so even ``v = INT32_MIN`` (FAIL) cannot overflow.
+    """
+    y = np.int64(x) + np.int64(v)
+    y = max(y, np.int64(0))
+    y = min(y, np.int64(255))
+    return np.uint8(y)

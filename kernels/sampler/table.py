@@ -71,7 +71,7 @@ from math import isqrt
 import numpy as np
 from numba import njit, prange
 
-from kernels.sampler.params import FAIL, as_sigma_sq, ceil_multiple_of_sigma
+from kernels.sampler.params import FAIL, as_sigma_sq, ceil_multiple_of_sigma, clip_add
 from kernels.sampler.philox import philox4x32_10, philox4x32_10_np
 
 WEIGHT_BITS = 64
@@ -289,15 +289,6 @@ def table_fill_numba(k0, k1, c3, image_index, sample_start, threshold, primary, 
         failed[i] = np.uint8(1) if bad else np.uint8(0)
 
 
-@njit(cache=True, inline="always")
-def _clip_add(x, v):
-    # 0 <= x <= 255 and v >= INT32_MIN (FAIL): x + v is in int32, FAIL clips to 0.
-    y = np.int32(x) + v
-    y = max(y, np.int32(0))
-    y = min(y, np.int32(255))
-    return np.uint8(y)
-
-
 @njit(cache=True, parallel=True)
 def table_add_noise_clip_numba(k0, k1, c3, image_index, sample_start, x, threshold, primary, alias, shift, rmask, out, failed):
     """Numba fused noise: ``out[i, j] = clip(x[j] + n[i, j], 0, 255)`` uint8; a FAIL coordinate gets 0."""
@@ -309,5 +300,5 @@ def table_add_noise_clip_numba(k0, k1, c3, image_index, sample_start, x, thresho
         for j in range(d):
             v = _lookup(u[j], threshold, primary, alias, shift, rmask)
             bad |= v == _FAIL32
-            out[i, j] = _clip_add(x[j], v)
+            out[i, j] = clip_add(x[j], v)
         failed[i] = np.uint8(1) if bad else np.uint8(0)
