@@ -9,6 +9,13 @@ import shlex
 import sys
 
 
+NOISE_TEXT = {
+    "intrs": "discrete Gaussian N_Z(0,(255 sigma)^2) from kernels.sampler, clip(v+n,0,255)",
+    "float": "continuous Gaussian N(0,sigma^2) on [0,1] pixels, no clip",
+    "floatq": "continuous Gaussian N(0,sigma^2) on [0,1] pixels, then clip(round(255 v),0,255)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="CIFAR-10 .npz (x_train/y_train/x_test/y_test) or cifar-10-batches-py folder, or 'digits'")
@@ -21,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--out", required=True, help="output model.int8 (float mode: float32 safetensors)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=["intrs", "float"], default="intrs",
-                        help="intrs: QAT + discrete Gaussian noise from the engine's sampler; float: Cohen et al.")
+    parser.add_argument("--mode", choices=["intrs", "float", "floatq"], default="intrs",
+                        help="intrs: QAT + discrete Gaussian noise from the engine's sampler (IntRS-quant); "
+                             "float: float32, continuous noise (Cohen et al., FloatRS-fp); floatq: QAT, continuous "
+                             "noise quantized to the input grid (FloatRS-quant)")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
     parser.add_argument("--checkpoint", default=None, help="checkpoint written after every epoch (default OUT.ckpt)")
     parser.add_argument("--init", default=None,
@@ -72,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "qat_epochs": qat_e, "frozen_observer_epochs": frozen_e, "seed": args.seed,
         "batch_size": args.batch_size, "lr": args.lr,
         "init": _init_note(args.init),
-        "noise": ("discrete Gaussian N_Z(0,(255 sigma)^2) from kernels.sampler, clip(v+n,0,255)"
-                  if args.mode == "intrs" else "continuous Gaussian N(0,sigma^2) on [0,1] pixels, no clip"),
+        "noise": NOISE_TEXT[args.mode],
         "test_acc_clean": result["metrics"]["test_acc_clean"],
         "test_acc_noisy": result["metrics"]["test_acc_noisy"],
         "train_seconds": result["metrics"]["train_seconds"],

@@ -138,5 +138,6 @@ def write_float_baseline(net, path, sigma: float, class_names, provenance: dict)
 
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if v.is_floating_point()}
     meta = {"format": "intengine.float32-baseline", "arch": net.arch, "sigma": str(sigma),
+            "input_shape": json.dumps(list(net.input_shape)),
             "class_names": json.dumps(list(class_names)), "provenance": json.dumps(provenance, sort_keys=True)}
     save_file(state, str(path), metadata=meta)

@@ -1,4 +1,4 @@
-"""Noise-augmented training: IntRS-quant (QAT + discrete Gaussian noise) and Cohen et al.'s float baseline.
+"""Noise-augmented training: IntRS-quant (QAT + discrete Gaussian noise) and the two float-noise baselines.
 
 ``mode="intrs"``: the noise is drawn from the engine's own integer sampler
 (``kernels.sampler.sample_discrete_gaussian``) on the 0..255 pixel grid, one fresh bank per epoch
@@ -7,8 +7,12 @@ indexed by (epoch, image): ``stream = 16 + epoch``, ``seed`` = the training seed
 batch norm, then batch norms are folded and the network is trained with fake quantization
 (:mod:`export.qat`); observers are frozen for the last QAT epochs.
 
-``mode="float"``: Cohen et al.: float32 model, continuous Gaussian noise ``N(0, sigma^2)`` added to the
-[0, 1] image (no clipping), no quantization.
+``mode="float"`` (FloatRS-fp): Cohen et al.: float32 model, continuous Gaussian noise ``N(0, sigma^2)``
+added to the [0, 1] image (no clipping), no quantization.
+
+``mode="floatq"`` (FloatRS-quant of IntRS): the QAT schedule of ``intrs``, but the noise is continuous
+Gaussian added in float and the noisy image is then quantized to the model's uint8 input grid,
+``clip(round(255 (x + sigma z)), 0, 255)`` -- what :mod:`export.floatrs` does at certification.
 
 SGD with momentum 0.9 and Nesterov, weight decay 5e-4, cosine learning rate over all epochs (per
 step), random crop (zero padding) and horizontal flip.
@@ -30,6 +34,8 @@ from export import qat
 CALIB_NOISE_STREAM = 2
 TEST_NOISE_STREAM = 3
 TRAIN_NOISE_STREAM = 16
+MODES = ("intrs", "float", "floatq")
+FLOAT_NOISE_MODES = ("float", "floatq")   # continuous Gaussian noise drawn by torch
 
 
 def epoch_noise_key(seed: int, epoch: int) -> tuple[int, int]:
@@ -116,10 +122,17 @@ def _make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimize
     )
 
 
+def quantize_input(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1]-scale float input -> the uint8 input grid (scale 1/255, zero point 0), as float."""
+    return torch.clamp(torch.round(x * 255.0), 0.0, 255.0) / 255.0
+
+
 def _batch_input(cfg: TrainConfig, xb: np.ndarray, noise, gen: torch.Generator | None):
-    if cfg.mode == "float":
+    """Noisy float32 NCHW batch; ``noise``: int noise (intrs) or None (float modes draw from ``gen``)."""
+    if cfg.mode in FLOAT_NOISE_MODES:
         x = clean_input(xb)
-        return x + cfg.sigma * torch.randn(x.shape, generator=gen)
+        x = x + cfg.sigma * torch.randn(x.shape, generator=gen)
+        return quantize_input(x) if cfg.mode == "floatq" else x
     return noisy_clip(xb, noise)
 
 
@@ -128,7 +141,7 @@ def evaluate(cfg: TrainConfig, net: nn.Module, x: np.ndarray, y: np.ndarray, noi
              batch: int = 256) -> float:
     """Top-1 accuracy, clean or under one noise draw per image (the base classifier under noise)."""
     net.eval()
-    if noisy and cfg.mode != "float":
+    if noisy and cfg.mode not in FLOAT_NOISE_MODES:
         noise = discrete_noise(cfg.sigma, x.shape, cfg.seed, TEST_NOISE_STREAM)
     gen = torch.Generator().manual_seed(cfg.seed + TEST_NOISE_STREAM)
     correct = 0
@@ -136,7 +149,7 @@ def evaluate(cfg: TrainConfig, net: nn.Module, x: np.ndarray, y: np.ndarray, noi
         xb = x[i:i + batch]
         if not noisy:
             inp = clean_input(xb)
-        elif cfg.mode == "float":
+        elif cfg.mode in FLOAT_NOISE_MODES:
             inp = _batch_input(cfg, xb, None, gen)
         else:
             inp = noisy_clip(xb, noise[i:i + batch])
@@ -195,7 +208,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
         rng = np.random.default_rng([cfg.seed, epoch])
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         noise = None
-        if cfg.mode != "float":
+        if cfg.mode not in FLOAT_NOISE_MODES:
             noise = discrete_noise(cfg.sigma, x_train.shape, *epoch_noise_key(cfg.seed, epoch))
         order = rng.permutation(n)
         net.train()
@@ -248,11 +261,14 @@ def _start_qat(cfg: TrainConfig, net: nn.Module, x_train, log, calib_batches: in
     qnet = qat.quantize_model(net)
     qnet.train()
     rng = np.random.default_rng([cfg.seed, 424242])
-    noise = discrete_noise(cfg.sigma, (min(len(x_train), calib_batches * cfg.batch_size),) + x_train.shape[1:],
-                           cfg.seed, CALIB_NOISE_STREAM)
+    pool = min(len(x_train), calib_batches * cfg.batch_size)
+    noise = None
+    if cfg.mode not in FLOAT_NOISE_MODES:
+        noise = discrete_noise(cfg.sigma, (pool,) + x_train.shape[1:], cfg.seed, CALIB_NOISE_STREAM)
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + 424242)
     with torch.no_grad():
         for b in range(calib_batches):
-            idx = rng.permutation(len(noise))[: cfg.batch_size]
-            qnet(noisy_clip(x_train[idx], noise[idx]))
+            idx = rng.permutation(pool)[: cfg.batch_size]
+            qnet(_batch_input(cfg, x_train[idx], None if noise is None else noise[idx], gen))
     log("batch norms folded, observers calibrated; quantization-aware training starts")
     return qnet

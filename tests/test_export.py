@@ -249,6 +249,26 @@ def test_float_baseline_mode(tmp_path):
                            "--out", str(out), "--checkpoint", str(tmp_path / "f.ckpt")]) == 0
     with safe_open(str(out), "np") as f:
         assert f.metadata()["format"] == "intengine.float32-baseline"
+    from export.floatrs import load_float_baseline
+
+    net, meta = load_float_baseline(out)  # round trip: same weights, same function
+    assert meta["arch"] == "small" and meta["sigma"] == 0.25 and len(meta["class_names"]) == 10
+    x = load_digits_uint8("test")[0][:8]
+    assert net(clean_input(x)).shape == (8, 10)
+
+
+def test_floatq_mode_trains_qat_model_on_quantized_float_noise(tmp_path):
+    from export import cli_train
+    from export.train import quantize_input
+
+    g = torch.Generator().manual_seed(0)
+    v = quantize_input(torch.rand(1000, generator=g) * 1.4 - 0.2)
+    assert v.min() == 0 and v.max() == 1 and torch.equal(v * 255, torch.round(v * 255))  # on the grid
+    out = tmp_path / "q.int8"
+    assert cli_train.main(["--data", "digits", "--arch", "small", "--epochs", "2", "--qat-epochs", "1",
+                           "--mode", "floatq", "--out", str(out), "--checkpoint", str(tmp_path / "q.ckpt")]) == 0
+    m = load_model(out)
+    assert m.metadata["mode"] == "floatq" and "round(255 v)" in m.metadata["noise"]
 
 
 def test_resnet50_converts_and_runs(tmp_path):

@@ -1,0 +1,351 @@
+"""IntRS's comparison on CIFAR-10: IntRS-quant vs FloatRS-fp vs FloatRS-quant (IntRS Table 2, Figure 3, Tables 4-5).
+
+One command, resumable (rerun it after an interruption: finished models and result rows are kept):
+
+    python benchmarks/intrs_compare.py --reuse-intrs models      # what docs/results.md reports
+    python benchmarks/intrs_compare.py --images 500 --n 100000    # the paper's N (about 10x the time per image)
+
+For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (20 epochs: 14 float,
+6 QAT with observers frozen for the last 2; float mode: 20 float epochs), data and seed:
+
+* FloatRS-fp    ``intengine train --mode float``:  float32, continuous Gaussian noise (Cohen et al.);
+                certified by :func:`export.floatrs.certify_float` (torch float32).
+* IntRS-quant   ``intengine train --mode intrs``:  QAT, discrete Gaussian noise from the engine's sampler;
+                certified by intengine (integer noise, integer certificate).
+* FloatRS-quant ``intengine train --mode floatq``: QAT, continuous noise quantized to the input grid;
+                certified by :func:`export.floatrs.certify_float_quant` (float noise, int8 engine).
+
+Every method certifies the same test images (every ``skip``-th of the test split) with the same
+N0, N, alpha and seed. Then the mismatch grid: the IntRS-quant models trained at sigma 0.12 and
+0.25 certified at every sigma (on the first ``--grid-images`` of those images).
+
+Outputs under ``--out`` (default ``runs/intrs_compare``): ``models/``, ``logs/``, ``results/*.tsv``
+(Cohen's format + counts), ``plots/sigma*.png`` and ``summary.md`` / ``summary.json`` (the tables).
+``--reuse-intrs DIR`` takes ``DIR/resnet20_sigma{s}.int8`` instead of retraining IntRS-quant when the
+file's provenance shows the same training options (the shipped models were made with exactly them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+METHODS = ("floatrs-fp", "intrs-quant", "floatrs-quant")
+TRAIN_MODE = {"floatrs-fp": "float", "intrs-quant": "intrs", "floatrs-quant": "floatq"}
+LABEL = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
+SIGMAS = (0.12, 0.25, 0.50, 1.00)
+GRID_TRAIN_SIGMAS = (0.12, 0.25)
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+# IntRS (Lin et al., ICCV 2021) Table 2, CIFAR-10, certified accuracy at r = 0.25/0.5/0.75, sigma = 0.25
+PAPER_SIGMA_025 = {"floatrs-fp": (0.62, 0.44, 0.27), "intrs-quant": (0.61, 0.42, 0.26),
+                   "floatrs-quant": (0.59, 0.42, 0.23)}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stag(sigma: float) -> str:
+    return f"{sigma:.2f}"
+
+
+def model_path(out: Path, method: str, sigma: float) -> Path:
+    ext = "safetensors" if method == "floatrs-fp" else "int8"
+    return out / "models" / f"{method}_sigma{stag(sigma)}.{ext}"
+
+
+# ----------------------------------------------------------------------------- training
+
+def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
+    cmd = ["--data", str(args.data), "--arch", "resnet20", "--sigma", stag(sigma), "--epochs", str(args.epochs),
+           "--out", str(path), "--seed", str(args.seed), "--mode", TRAIN_MODE[method], "--threads", str(args.threads)]
+    if method != "floatrs-fp":
+        cmd += ["--qat-epochs", str(args.qat_epochs), "--freeze-epochs", str(args.freeze_epochs)]
+    return cmd
+
+
+def _reusable(args, src: Path, sigma: float) -> str | None:
+    """None if ``src`` was trained with this run's IntRS options, else the reason it is not."""
+    from intengine.engine import load_model
+
+    if not src.is_file():
+        return f"{src} not found"
+    meta = load_model(src).metadata
+    want = {"arch": "resnet20", "mode": "intrs", "epochs": args.epochs, "qat_epochs": args.qat_epochs,
+            "frozen_observer_epochs": args.freeze_epochs, "seed": args.seed, "batch_size": 128, "lr": 0.1,
+            "init": "random (seeded)"}
+    diff = [k for k, v in want.items() if meta.get(k) != v]
+    if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
+        diff.append("sigma")
+    if Path(str(meta.get("dataset", "")).split(" from ")[-1]).name != Path(args.data).name:
+        diff.append("dataset")
+    return f"{src} differs in {', '.join(diff)}" if diff else None
+
+
+def train_all(args, out: Path) -> None:
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for sigma in args.sigmas:
+        for method in METHODS:
+            path = model_path(out, method, sigma)
+            if path.is_file():
+                continue
+            if method == "intrs-quant" and args.reuse_intrs:
+                src = Path(args.reuse_intrs) / f"resnet20_sigma{stag(sigma)}.int8"
+                why = _reusable(args, src, sigma)
+                if why is None:
+                    shutil.copyfile(src, path)
+                    log(f"{LABEL[method]} sigma {stag(sigma)}: reused {src} (same training options)")
+                    continue
+                log(f"not reusing: {why}")
+            cmd = [sys.executable, "-m", "export.cli_train"] + _train_args(args, method, sigma, path)
+            ckpt = Path(str(path) + ".ckpt")
+            if ckpt.is_file():
+                cmd += ["--resume", str(ckpt)]
+            log(f"training {LABEL[method]} sigma {stag(sigma)} -> {path.name}")
+            t0 = time.time()
+            with open(out / "logs" / f"train_{method}_sigma{stag(sigma)}.log", "a") as fh:
+                fh.write("$ " + " ".join(cmd) + "\n")
+                fh.flush()
+                rc = subprocess.call(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+            if rc != 0 or not path.is_file():
+                raise SystemExit(f"training failed (exit {rc}); see {out / 'logs'}")
+            ckpt.unlink(missing_ok=True)
+            log(f"  done in {(time.time() - t0) / 60:.1f} min")
+
+
+# ----------------------------------------------------------------------------- certification
+
+def _run_rows(args, out_tsv: Path, meta: dict, indices, x, y, certify_one) -> None:
+    """Certify ``indices`` not yet in ``out_tsv`` (Cohen TSV + counts, fsync per row, resumable)."""
+    from tqdm import tqdm
+
+    from intengine.runs import format_row, prepare_output
+
+    finished, _ = prepare_output(out_tsv, meta)
+    todo = [i for i in indices if i not in finished]
+    if not todo:
+        return
+    with open(out_tsv, "a") as fh, tqdm(todo, desc=out_tsv.stem, unit="img", file=sys.stderr,
+                                         disable=not sys.stderr.isatty()) as bar:
+        for k, idx in enumerate(bar):
+            res = certify_one(idx)
+            fh.write(format_row(idx, int(y[idx]), res))
+            fh.flush()
+            os.fsync(fh.fileno())
+            if not sys.stderr.isatty() and (k + 1) % 10 == 0:
+                log(f"  {out_tsv.stem}: {len(indices) - len(todo) + k + 1}/{len(indices)} images")
+
+
+def certify_run(args, out: Path, method: str, train_sigma: float, cert_sigma: float, indices, x, y) -> Path:
+    from intengine.runs import file_sha256
+
+    name = f"{method}_train{stag(train_sigma)}_cert{stag(cert_sigma)}.tsv"
+    out_tsv = out / "results" / name
+    mpath = model_path(out, method, train_sigma)
+    meta = {"model": str(mpath), "model_sha256": file_sha256(mpath), "data": str(Path(args.data).resolve()),
+            "split": "test", "skip": args.skip, "max": len(indices), "n0": args.n0, "n": args.n,
+            "alpha": args.alpha, "sigma": cert_sigma, "sampler": method, "seed": args.seed}
+    common = dict(sigma=cert_sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed)
+    if method == "floatrs-fp":
+        from export.floatrs import certify_float, load_float_baseline
+
+        net, _ = load_float_baseline(mpath)
+        one = lambda i: certify_float(net, x[i], image_index=int(i), **common)  # noqa: E731
+    elif method == "floatrs-quant":
+        from export.floatrs import certify_float_quant
+        from intengine.engine import load_model
+
+        model = load_model(mpath)
+        one = lambda i: certify_float_quant(model, x[i], image_index=int(i), **common)  # noqa: E731
+    else:
+        from intengine.engine import load_model
+        from intengine.smoothing import certify
+
+        model = load_model(mpath)
+        one = lambda i: certify(model, x[i], image_index=int(i), **common)  # noqa: E731
+    t0 = time.time()
+    _run_rows(args, out_tsv, meta, indices, x, y, one)
+    if time.time() - t0 > 1:
+        log(f"certified {name} in {(time.time() - t0) / 60:.1f} min")
+    return out_tsv
+
+
+def certify_all(args, out: Path) -> None:
+    import numpy as np
+    import torch
+
+    from intengine.datasets import load_cifar10
+    from intengine.runs import select_indices
+    from intengine.smoothing import set_threads
+
+    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    x, y, _ = load_cifar10(args.data, "test")
+    x = np.ascontiguousarray(x)
+    indices = select_indices(len(x), args.skip, args.images)
+    order = sorted(args.sigmas, key=lambda s: (s != 0.25, s))  # sigma 0.25 first: the paper's headline
+    for sigma in order:
+        for method in METHODS:
+            certify_run(args, out, method, sigma, sigma, indices, x, y)
+    grid_idx = indices[: args.grid_images]
+    for train_sigma in [s for s in GRID_TRAIN_SIGMAS if s in args.sigmas]:
+        for cert_sigma in args.sigmas:
+            if cert_sigma != train_sigma:
+                certify_run(args, out, "intrs-quant", train_sigma, cert_sigma, grid_idx, x, y)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _summary(path: Path, keep=None) -> dict:
+    import numpy as np
+
+    from intengine.report import Results, read_results, summarize
+
+    res = read_results(path)
+    if keep is not None:
+        m = np.isin(res.idx, np.asarray(sorted(keep)))
+        res = Results(res.path, res.idx[m], res.label[m], res.predict[m], res.radius[m], res.correct[m])
+    s = summarize(res, RADII)
+    s["seconds_per_image"] = _mean_seconds(path, keep)
+    return s
+
+
+def _mean_seconds(path: Path, keep=None) -> float:
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    vals = [float(r["seconds"]) for r in rows if keep is None or int(r["idx"]) in keep]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def report(args, out: Path) -> dict:
+    from intengine.report import plot, read_results
+
+    res_dir, plot_dir = out / "results", out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"main": {}, "grid": {}, "settings": {
+        "images": args.images, "skip": args.skip, "grid_images": args.grid_images, "n0": args.n0, "n": args.n,
+        "alpha": args.alpha, "seed": args.seed, "epochs": args.epochs, "qat_epochs": args.qat_epochs,
+        "freeze_epochs": args.freeze_epochs, "data": str(args.data), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count()}}
+    lines = ["## Certified accuracy (%) at l2 radius r (IntRS Table 2 layout)", "",
+             f"N0 = {args.n0}, N = {args.n}, alpha = {args.alpha}, {args.images} test images (every "
+             f"{args.skip}th), seed {args.seed}; certified = non-abstained images (IntRS eq. 9); "
+             "ACR = average certified radius (0 for wrong or abstained).", "",
+             "| sigma | method | " + " | ".join(f"r={r:g}" for r in RADII) + " | certified % | ACR | s/image |",
+             "|---|---|" + "---:|" * (len(RADII) + 3)]
+    gap_lines = ["", "## IntRS-quant minus FloatRS-fp, and FloatRS-quant minus FloatRS-fp (points)", "",
+                 "| sigma | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR |", "|---|" + "---:|" * (len(RADII) + 1)]
+    for sigma in args.sigmas:
+        per = {}
+        for method in METHODS:
+            p = res_dir / f"{method}_train{stag(sigma)}_cert{stag(sigma)}.tsv"
+            if not p.is_file():
+                continue
+            s = _summary(p)
+            per[method] = s
+            summary["main"][f"{method}@{stag(sigma)}"] = s
+            lines.append(f"| {stag(sigma)} | {LABEL[method]} (n={s['n']}) | "
+                         + " | ".join(_pct(a) for a in s["certified_accuracy"])
+                         + f" | {_pct(s['certified_rate'])} | {s['acr']:.3f} | {s['seconds_per_image']:.2f} |")
+        if "floatrs-fp" in per:
+            base = per["floatrs-fp"]
+            for method in ("intrs-quant", "floatrs-quant"):
+                if method in per:
+                    d = [100 * (a - b) for a, b in zip(per[method]["certified_accuracy"], base["certified_accuracy"])]
+                    gap_lines.append(f"| {stag(sigma)} {LABEL[method]} | " + " | ".join(f"{v:+.1f}" for v in d)
+                                     + f" | {per[method]['acr'] - base['acr']:+.3f} |")
+        if per:
+            files = [res_dir / f"{m}_train{stag(sigma)}_cert{stag(sigma)}.tsv" for m in METHODS if m in per]
+            plot([read_results(f) for f in files], plot_dir / f"sigma{stag(sigma)}.png",
+                 labels=[f"{LABEL[m]} sigma={stag(sigma)}" for m in METHODS if m in per])
+    grid_lines = ["", "## Train sigma vs certify sigma, IntRS-quant (IntRS Tables 4-5 layout)", "",
+                  f"First {args.grid_images} of the images above; certified accuracy (%) at r = 0 / 0.25 / 0.5 / "
+                  "0.75 / 1.0, then ACR.", "",
+                  "| train sigma | certify sigma | r=0 | r=0.25 | r=0.5 | r=0.75 | r=1.0 | ACR |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for ts in [s for s in GRID_TRAIN_SIGMAS if s in args.sigmas]:
+        for cs in args.sigmas:
+            p = res_dir / f"intrs-quant_train{stag(ts)}_cert{stag(cs)}.tsv"
+            if not p.is_file():
+                continue
+            keep = set(read_results(p).idx.tolist()) if cs != ts else None
+            if keep is None:  # the diagonal comes from the main run, restricted to the grid images
+                from intengine.runs import select_indices
+
+                keep = set(select_indices(10**9, args.skip, args.images)[: args.grid_images])
+            s = _summary(p, keep)
+            summary["grid"][f"{stag(ts)}->{stag(cs)}"] = s
+            acc = s["certified_accuracy"]
+            grid_lines.append(f"| {stag(ts)} | {stag(cs)} | " + " | ".join(_pct(a) for a in acc[:5])
+                              + f" | {s['acr']:.3f} |")
+    text = "\n".join(lines + gap_lines + grid_lines) + "\n"
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    print(text)
+    return summary
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10_subset.npz"))
+    ap.add_argument("--out", default=str(REPO / "runs" / "intrs_compare"))
+    ap.add_argument("--sigmas", default="0.12,0.25,0.50,1.00", help="comma-separated noise levels")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--qat-epochs", type=int, default=6)
+    ap.add_argument("--freeze-epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=100, help="test images certified per (method, sigma)")
+    ap.add_argument("--skip", type=int, default=None, help="every skip-th test image (default: spread over the split)")
+    ap.add_argument("--grid-images", type=int, default=50, help="images per cell of the mismatch grid")
+    ap.add_argument("--n0", type=int, default=100)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--alpha", type=float, default=0.001)
+    ap.add_argument("--batch", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-intrs", default=None, metavar="DIR",
+                    help="take IntRS-quant models from DIR/resnet20_sigma{s}.int8 when trained with the same options")
+    ap.add_argument("--stage", choices=["all", "train", "certify", "report"], default="all")
+    args = ap.parse_args(argv)
+    args.sigmas = [float(s) for s in args.sigmas.split(",")]
+    if not Path(args.data).exists():
+        print(f"error: CIFAR-10 data not found at {args.data} (see ../shared/data/README)", file=sys.stderr)
+        return 2
+    if args.skip is None:
+        from intengine.datasets import load_cifar10
+
+        n_test = len(load_cifar10(args.data, "test")[1])
+        args.skip = max(1, n_test // args.images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if args.stage in ("all", "train"):
+        train_all(args, out)
+    if args.stage in ("all", "certify"):
+        certify_all(args, out)
+    if args.stage in ("all", "report"):
+        report(args, out)
+    log(f"total {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
