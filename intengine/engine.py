@@ -7,6 +7,7 @@ samples; a linear layer takes its input flattened in NHWC order.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class Model:
         self.output = model["output"]
         # per-node argument tuples, prepared once (C-contiguous arrays, Python ints)
         self._plan = [self._prepare(n) for n in self.nodes]
+        self._arena = threading.local()  # per-thread activation buffers, see _buffer
 
     def _prepare(self, node):
         a, t = node["attrs"], {k: np.ascontiguousarray(self.tensors[v]) for k, v in node["tensors"].items()}
@@ -52,6 +54,24 @@ class Model:
         else:
             args = (a["kernel"], a["stride"], a["padding"])
         return op, node["name"], list(node["inputs"]), args
+
+    def _buffer(self, name: str, shape: tuple) -> np.ndarray:
+        """A uint8 output buffer for node ``name``, reused by later forward calls of this thread.
+
+        Every conv/add node writes into its own buffer (sized for the largest batch seen), so no
+        live activation is overwritten within a call; reusing them across calls saves the page
+        faults of fresh multi-megabyte arrays, a fifth of a ResNet-20 forward at batch 400."""
+        bufs = getattr(self._arena, "bufs", None)
+        if bufs is None:
+            bufs = self._arena.bufs = {}
+        buf = bufs.get(name)
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = bufs[name] = np.empty(shape, dtype=np.uint8)
+        return buf[: shape[0]]
+
+    def release_buffers(self) -> None:
+        """Free this thread's reused activation buffers (they are rebuilt on the next forward)."""
+        self._arena.bufs = {}
 
     def check_input(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
@@ -79,12 +99,15 @@ class Model:
         try:
             for i, (op, name, inputs, args) in enumerate(self._plan):
                 ins = [values[k] for k in inputs]
+                keep = name != self.output  # the returned array is never a reused buffer
                 if op == "conv2d":
-                    out = ops.conv2d(ins[0], *args)
+                    dest = self._buffer(name, self._conv_shape(ins[0].shape, args)) if keep else None
+                    out = ops.conv2d(ins[0], *args, out=dest)
                 elif op == "linear":
                     out = ops.linear(np.ascontiguousarray(ins[0].reshape(ins[0].shape[0], -1)), *args)
                 elif op == "add_round_half_up":
-                    out = ops.add_round_half_up(ins[0], ins[1], *args)
+                    dest = self._buffer(name, ins[0].shape) if keep else None
+                    out = ops.add_round_half_up(ins[0], ins[1], *args, out=dest)
                 elif op == "avg_pool_round_half_up":
                     out = ops.avg_pool_round_half_up(ins[0], *args)
                 else:
@@ -95,6 +118,13 @@ class Model:
         except ValueError as exc:  # argument checks in kernels (cannot happen for a validated model)
             raise IntengineError(f"kernel rejected node {name!r}: {exc}") from None
         return values[self.output]
+
+    @staticmethod
+    def _conv_shape(x_shape, args) -> tuple:
+        weight, stride, padding = args[0], args[6], args[7]
+        n, h, w, _ = x_shape
+        o, kh, kw, _ = weight.shape
+        return (n, (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1, o)
 
     def classify(self, x, backend: str = "numba") -> np.ndarray:
         """int32 class ids (N,): argmax of the uint8 logits, ties to the lowest class id."""

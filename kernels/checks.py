@@ -33,6 +33,23 @@ def check_array(name: str, a, dtype, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def output_buffer(out, shape: tuple, *inputs: np.ndarray) -> np.ndarray:
+    """``out`` checked as a destination (uint8, C-contiguous, writeable, ``shape``, no overlap with
+    ``inputs``: the fast kernels read inputs while writing), or a new uint8 array when None."""
+    shape = tuple(int(v) for v in shape)
+    if out is None:
+        return np.empty(shape, dtype=np.uint8)
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
+        _fail("out must be a uint8 numpy array")
+    if out.shape != shape:
+        _fail(f"out must have shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        _fail("out must be C-contiguous and writeable")
+    if any(np.may_share_memory(out, a) for a in inputs):
+        _fail("out must not overlap the inputs")
+    return out
+
+
 def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     """Return ``value`` as a Python int after checking ``lo <= value <= hi``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

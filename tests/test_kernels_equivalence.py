@@ -364,18 +364,15 @@ def test_vnni_path_is_taken_where_available():
 
 
 @pytest.mark.parametrize("act_kind", ["full", "relu", "range"])
-def test_add_table_path_covers_every_byte_pair(act_kind):
-    # Above kernels.numba_backend.op_add_round_half_up._TABLE_MIN_SIZE the numba add looks
-    # results up in a 256 x 256 table built by the same formula; every (a, b) pair appears here.
-    from kernels.numba_backend.op_add_round_half_up import _TABLE_MIN_SIZE
-
+def test_add_covers_every_byte_pair(act_kind):
+    # The numba add runs 16 lanes at a time with a scalar tail; every (a, b) pair appears here
+    # and the size (2 * 65536 + 13) is not a multiple of 16, so the tail runs too.
     pairs = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), axis=-1).reshape(-1, 2)
-    reps = -(-_TABLE_MIN_SIZE // len(pairs)) + 1
+    pairs = np.concatenate([pairs, pairs, pairs[-13:]])
     rng = np.random.default_rng(5)
-    order = rng.permutation(len(pairs) * reps)
-    a = np.tile(pairs[:, 0], reps)[order].astype(np.uint8).reshape(reps, 256, 256, 1)
-    b = np.tile(pairs[:, 1], reps)[order].astype(np.uint8).reshape(a.shape)
-    assert a.size >= _TABLE_MIN_SIZE
+    order = rng.permutation(len(pairs))
+    a = pairs[order, 0].astype(np.uint8).reshape(1, 1, -1, 1)
+    b = pairs[order, 1].astype(np.uint8).reshape(a.shape)
     act_min, act_max = {"full": (0, 255), "relu": (90, 255), "range": (30, 200)}[act_kind]
     for ma, sa, mb, sb in [(2**31 - 1, 0, 2**30, -1), (2**30 + 12345, -3, 2**31 - 7, -2), (2**30, -4, 2**30 + 999, -2)]:
         out = _assert_same("add_round_half_up", a, b, 77, ma, sa, 140, mb, sb, 90, act_min, act_max)
@@ -391,3 +388,29 @@ def test_vnni_pack_cache_sees_new_multipliers_for_the_same_weights():
     for factor in (1, 2, 4):
         shifted = (shift - factor).astype(np.int32)  # fresh array each time; old ones are freed
         _assert_same("conv2d", x, weight, bias, zp, mult.copy(), shifted, *args[6:])
+
+
+@pytest.mark.parametrize("backend", list(kernels.BACKENDS))
+def test_out_argument_of_conv2d_and_add(backend):
+    """``out=`` writes the same bits into the given buffer (the engine reuses buffers across calls)."""
+    ops = kernels.get_backend(backend)
+    rng = np.random.default_rng(8)
+    args, _, _ = random_conv_case(rng, 3, 9, 9, 8, 16, 3, 2, 1, 4, 100, "relu")
+    want = ops.conv2d(*args)
+    buf = np.full(want.shape, 7, dtype=np.uint8)
+    assert ops.conv2d(*args, out=buf) is buf
+    np.testing.assert_array_equal(buf, want)
+    a, b = want, rng.integers(0, 256, want.shape, dtype=np.uint8)
+    add_args = (3, 2**30 + 5, -1, 200, 2**31 - 9, -2, 11, 0, 255)
+    want_add = ops.add_round_half_up(a, b, *add_args)
+    dest = np.zeros_like(a)
+    assert ops.add_round_half_up(a, b, *add_args, out=dest) is dest
+    np.testing.assert_array_equal(dest, want_add)
+    for bad, match in ((np.empty(want.shape, np.int8), "uint8"), (np.empty(want.shape[1:], np.uint8), "shape"),
+                       (np.empty(want.shape[::-1], np.uint8).T, "contiguous"), (a, "overlap")):
+        with pytest.raises(ValueError, match=match):
+            ops.add_round_half_up(a, b, *add_args, out=bad)
+    inside_x = args[0].reshape(-1)[: want.size].reshape(want.shape)  # a view of the input
+    with pytest.raises(ValueError, match="overlap"):
+        ops.conv2d(*args, out=inside_x)
+

@@ -74,35 +74,35 @@ def _conv2d_kernel(x, weight16, kernel_h, kernel_w, bias, input_zero_point, outp
 
 
 def conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-           output_zero_point, stride, padding, act_min, act_max):
+           output_zero_point, stride, padding, act_min, act_max, out=None):
     """Quantized conv2d; see :func:`kernels.reference.conv2d` for the definition.
 
     Runs the AVX-512 VNNI micro-kernel (:mod:`kernels.numba_backend.vnni`) where the
     CPU has it, else the portable kernel; both give the reference's bits.
     """
     return _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                   output_zero_point, stride, padding, act_min, act_max, use_vnni=vnni.AVAILABLE)
+                   output_zero_point, stride, padding, act_min, act_max, out, use_vnni=vnni.AVAILABLE)
 
 
 def conv2d_portable(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                    output_zero_point, stride, padding, act_min, act_max):
+                    output_zero_point, stride, padding, act_min, act_max, out=None):
     """:func:`conv2d` forced onto the portable kernel (any x86-64 or ARM CPU)."""
     return _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                   output_zero_point, stride, padding, act_min, act_max, use_vnni=False)
+                   output_zero_point, stride, padding, act_min, act_max, out, use_vnni=False)
 
 
 def _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-            output_zero_point, stride, padding, act_min, act_max, use_vnni):
+            output_zero_point, stride, padding, act_min, act_max, out, use_vnni):
     (x, weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
      stride, padding, act_min, act_max, oh, ow) = checks.conv2d_args(
         x, weight, bias, input_zero_point, output_multiplier, output_shift,
         output_zero_point, stride, padding, act_min, act_max)
+    n_out, kernel_h, kernel_w, channels = weight.shape
+    out = checks.output_buffer(out, (x.shape[0], oh, ow, n_out), x)
     if use_vnni:
         return vnni.conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                                output_zero_point, stride, padding, act_min, act_max, oh, ow)
-    n_out, kernel_h, kernel_w, channels = weight.shape
+                                output_zero_point, stride, padding, act_min, act_max, out)
     weight16 = weight.reshape(n_out, kernel_h * kernel_w * channels).astype(np.int16)
-    out = np.empty((x.shape[0], oh, ow, n_out), dtype=np.uint8)
     _conv2d_kernel(x, weight16, kernel_h, kernel_w, bias, input_zero_point, output_multiplier,
                    output_shift, output_zero_point, stride, padding, act_min, act_max, out)
     return out

@@ -15,8 +15,8 @@ Layout (prepared per weight tensor, cached):
 * weights: ``[Ob][KH][KW*Cp/4][J][16][4]`` int8, ``O`` padded to ``16*J``.
 * the micro-kernel computes a tile of ``P`` consecutive output pixels of one
   output row times ``16*J`` output channels, accumulators in ``P*J`` zmm
-  registers, looping over one kernel row (``KW*Cp/4`` steps); ``KH`` calls add
-  up the rows, and the last one runs the fused epilogue.
+  registers, looping over the ``KH`` kernel rows of ``KW*Cp/4`` steps each (the
+  accumulators never leave the registers), then runs the fused epilogue.
 
 The zero-point term is folded into the bias: the micro-kernel computes
 ``sum x*w`` on raw uint8 ``x``; ``bias_eff[o] = bias[o] - zp * sum_k w[o, k]``.
@@ -36,6 +36,7 @@ portable kernel (same bits) for testing.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -44,6 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.fixedpoint import requantize_round_half_up_scalar
+from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat
 
 
 def _host_has_vnni() -> bool:
@@ -58,142 +60,145 @@ def _host_has_vnni() -> bool:
 
 AVAILABLE = _host_has_vnni() and os.environ.get("INTENGINE_DISABLE_VNNI", "") in ("", "0")
 
-_I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
-_I8 = ir.IntType(8)
-_V16 = ir.VectorType(_I32, 16)
-_V16Q = ir.VectorType(_I64, 16)
-_V16B = ir.VectorType(_I8, 16)
-
-
-def _data(context, builder, ty, value):
-    return context.make_array(ty)(context, builder, value).data
-
-
-def _splat(builder, scalar, vty):
-    v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_V16, [0] * 16))
-
-
-def _load_accumulators(builder, scratch, scratch_off, scratch_stride, accumulate, P, J):
-    """Pointers into the int32 scratch tile and the initial accumulators (0, or the tile if accumulate)."""
-    zero = ir.Constant(_V16, [0] * 16)
-    keep = builder.icmp_signed("!=", accumulate, ir.Constant(accumulate.type, 0))
-    ptrs, init = [], []
+def _scratch_ptrs(builder, scratch, scratch_stride, P, J):
+    """Pointers to the int32 scratch tile: row p (stride ``scratch_stride``), channels 16j..16j+15."""
+    ptrs = []
     for p in range(P):
         for j in range(J):
-            off = builder.add(builder.add(scratch_off, builder.mul(ir.Constant(_I64, p), scratch_stride)),
-                              ir.Constant(_I64, 16 * j))
-            ptr = builder.bitcast(builder.gep(scratch, [off]), _V16.as_pointer())
-            ptrs.append(ptr)
-            init.append(builder.select(keep, builder.load(ptr, align=4), zero))
-    return ptrs, init
+            off = builder.add(builder.mul(ir.Constant(I64, p), scratch_stride), ir.Constant(I64, 16 * j))
+            ptrs.append(builder.bitcast(builder.gep(scratch, [off]), V16.as_pointer()))
+    return ptrs
 
 
-def _dot_loop(builder, a_ptr, a_off, a_stride, b_ptr, b_off, k4, init, P, J):
-    """Emit ``for kk < k4: acc[p, j] = vpdpbusd(acc[p, j], bcast(a[p, kk]), b[kk, j])``; return the accumulators."""
+def _dot_loop(builder, a_ptr, a_off, a_stride, a_row_stride, b_ptr, b_off, b_row_stride, k4, kernel_h, P, J):
+    """Emit, from zero accumulators, ``for kh < kernel_h: for kk < k4: acc[p, j] = vpdpbusd(acc[p, j],
+    bcast(a[a_off + kh*a_row_stride + p*a_stride + 4kk]), b[b_off + kh*b_row_stride + (kk*J + j)*64])``.
+
+    The accumulators stay in registers across kernel rows (phi nodes of both loops); return them."""
     vnni = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
+        builder.module, ir.FunctionType(V16, [V16, V16, V16]), "llvm.x86.avx512.vpdpbusd.512")
+    zero = ir.Constant(V16, [0] * 16)
     entry = builder.block
+    row_head = builder.append_basic_block("vnni.row")
     head = builder.append_basic_block("vnni.head")
     body = builder.append_basic_block("vnni.body")
+    row_end = builder.append_basic_block("vnni.rowend")
     done = builder.append_basic_block("vnni.done")
-    builder.branch(head)
+    builder.branch(row_head)
+
+    builder.position_at_end(row_head)
+    kh = builder.phi(I64)
+    kh.add_incoming(ir.Constant(I64, 0), entry)
+    row_accs = []
+    for _ in range(P * J):
+        phi = builder.phi(V16)
+        phi.add_incoming(zero, entry)
+        row_accs.append(phi)
+    a_row = builder.add(a_off, builder.mul(kh, a_row_stride))
+    b_row0 = builder.add(b_off, builder.mul(kh, b_row_stride))
+    builder.cbranch(builder.icmp_signed("<", kh, kernel_h), head, done)
+
     builder.position_at_end(head)
-    kk = builder.phi(_I64)
-    kk.add_incoming(ir.Constant(_I64, 0), entry)
+    kk = builder.phi(I64)
+    kk.add_incoming(ir.Constant(I64, 0), row_head)
     accs = []
-    for value in init:
-        phi = builder.phi(_V16)
-        phi.add_incoming(value, entry)
+    for value in row_accs:
+        phi = builder.phi(V16)
+        phi.add_incoming(value, row_head)
         accs.append(phi)
-    builder.cbranch(builder.icmp_signed("<", kk, k4), body, done)
+    builder.cbranch(builder.icmp_signed("<", kk, k4), body, row_end)
+
     builder.position_at_end(body)
-    b_row = builder.add(b_off, builder.mul(kk, ir.Constant(_I64, 64 * J)))
-    b_vecs = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(b_row, ir.Constant(_I64, 64 * j))]),
-                                           _V16.as_pointer()), align=1) for j in range(J)]
-    a_col = builder.add(a_off, builder.mul(kk, ir.Constant(_I64, 4)))
+    b_row = builder.add(b_row0, builder.mul(kk, ir.Constant(I64, 64 * J)))
+    b_vecs = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(b_row, ir.Constant(I64, 64 * j))]),
+                                           V16.as_pointer()), align=1) for j in range(J)]
+    a_col = builder.add(a_row, builder.mul(kk, ir.Constant(I64, 4)))
     updated = []
     for p in range(P):
-        off = builder.add(a_col, builder.mul(ir.Constant(_I64, p), a_stride))
-        word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=1)
-        a_vec = _splat(builder, word, _V16)
+        off = builder.add(a_col, builder.mul(ir.Constant(I64, p), a_stride))
+        word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), I32.as_pointer()), align=1)
+        a_vec = splat(builder, word, V16)
         for j in range(J):
             updated.append(builder.call(vnni, [accs[p * J + j], a_vec, b_vecs[j]]))
-    kk.add_incoming(builder.add(kk, ir.Constant(_I64, 1)), builder.block)
+    kk.add_incoming(builder.add(kk, ir.Constant(I64, 1)), builder.block)
     for phi, value in zip(accs, updated):
         phi.add_incoming(value, builder.block)
     builder.branch(head)
+
+    builder.position_at_end(row_end)
+    kh.add_incoming(builder.add(kh, ir.Constant(I64, 1)), row_end)
+    for phi, value in zip(row_accs, accs):
+        phi.add_incoming(value, row_end)
+    builder.branch(row_head)
+
     builder.position_at_end(done)
-    return accs
+    return row_accs
 
 
 def _make_microkernels(P, J):
     @intrinsic
-    def accumulate_tile(typingctx, a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate):
-        """scratch[p, 16j:16j+16] (+)= sum_kk bcast(a[a_off + p*a_stride + 4kk : +4]) . b[b_off + (kk*J + j)*64 : +64]"""
-        sig = types.void(a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate)
+    def accumulate_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h,
+                        scratch, scratch_stride):
+        """scratch[p, 16j:16j+16] = the tile's int32 sums over all kernel rows (see ``_dot_loop``)."""
+        sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h, scratch,
+                         scratch_stride)
 
         def codegen(context, builder, signature, args):
-            a_, a_off_, a_stride_, b_, b_off_, k4_, s_, s_off_, s_stride_, acc_ = args
+            a_, a_off_, a_stride_, a_rs_, b_, b_off_, b_rs_, k4_, kh_, s_, s_stride_ = args
             ty = signature.args
-            a_ptr = _data(context, builder, ty[0], a_)
-            b_ptr = _data(context, builder, ty[3], b_)
-            s_ptr = _data(context, builder, ty[6], s_)
-            ptrs, init = _load_accumulators(builder, s_ptr, s_off_, s_stride_, acc_, P, J)
-            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, b_ptr, b_off_, k4_, init, P, J)
-            for ptr, value in zip(ptrs, accs):
+            a_ptr = array_data(context, builder, ty[0], a_)
+            b_ptr = array_data(context, builder, ty[4], b_)
+            s_ptr = array_data(context, builder, ty[9], s_)
+            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, k4_, kh_, P, J)
+            for ptr, value in zip(_scratch_ptrs(builder, s_ptr, s_stride_, P, J), accs):
                 builder.store(value, ptr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
     @intrinsic
-    def finish_tile(typingctx, a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate,
+    def finish_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h,
                     out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
                     output_zero_point, act_min, act_max):
-        """Last kernel row of a full tile, then requantize + clamp 16 channels at a time and store uint8."""
-        sig = types.void(a, a_off, a_stride, b, b_off, k4, scratch, scratch_off, scratch_stride, accumulate,
+        """A full tile: all kernel rows, then requantize + clamp 16 channels at a time and store uint8."""
+        sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h,
                          out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
                          output_zero_point, act_min, act_max)
 
         def codegen(context, builder, signature, args):
-            (a_, a_off_, a_stride_, b_, b_off_, k4_, s_, s_off_, s_stride_, acc_, o_, o_off_, o_stride_,
+            (a_, a_off_, a_stride_, a_rs_, b_, b_off_, b_rs_, k4_, kh_, o_, o_off_, o_stride_,
              bias_, mult_, tshift_, round_, ch0_, zp_, lo_, hi_) = args
             ty = signature.args
-            a_ptr = _data(context, builder, ty[0], a_)
-            b_ptr = _data(context, builder, ty[3], b_)
-            s_ptr = _data(context, builder, ty[6], s_)
-            o_ptr = _data(context, builder, ty[10], o_)
-            bias_ptr = _data(context, builder, ty[13], bias_)
-            mult_ptr = _data(context, builder, ty[14], mult_)
-            tshift_ptr = _data(context, builder, ty[15], tshift_)
-            round_ptr = _data(context, builder, ty[16], round_)
-            _, init = _load_accumulators(builder, s_ptr, s_off_, s_stride_, acc_, P, J)
-            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, b_ptr, b_off_, k4_, init, P, J)
+            a_ptr = array_data(context, builder, ty[0], a_)
+            b_ptr = array_data(context, builder, ty[4], b_)
+            o_ptr = array_data(context, builder, ty[9], o_)
+            bias_ptr = array_data(context, builder, ty[12], bias_)
+            mult_ptr = array_data(context, builder, ty[13], mult_)
+            tshift_ptr = array_data(context, builder, ty[14], tshift_)
+            round_ptr = array_data(context, builder, ty[15], round_)
+            accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, k4_, kh_, P, J)
             # clamp before adding the zero point, in int64: the requantized value may exceed int32
-            lo = _splat(builder, builder.sub(lo_, zp_), _V16Q)
-            hi = _splat(builder, builder.sub(hi_, zp_), _V16Q)
-            zp = _splat(builder, zp_, _V16Q)
+            lo = splat(builder, builder.sub(lo_, zp_), V16Q)
+            hi = splat(builder, builder.sub(hi_, zp_), V16Q)
+            zp = splat(builder, zp_, V16Q)
             for j in range(J):
-                ch = builder.add(ch0_, ir.Constant(_I64, 16 * j))
+                ch = builder.add(ch0_, ir.Constant(I64, 16 * j))
 
                 def vec(ptr, vty, align):
                     return builder.load(builder.bitcast(builder.gep(ptr, [ch]), vty.as_pointer()), align=align)
 
-                bias = vec(bias_ptr, _V16Q, 8)
-                mult = builder.sext(vec(mult_ptr, _V16, 4), _V16Q)
-                tshift = vec(tshift_ptr, _V16Q, 8)
-                rounding = vec(round_ptr, _V16Q, 8)
+                bias = vec(bias_ptr, V16Q, 8)
+                mult = builder.sext(vec(mult_ptr, V16, 4), V16Q)
+                tshift = vec(tshift_ptr, V16Q, 8)
+                rounding = vec(round_ptr, V16Q, 8)
                 for p in range(P):
-                    acc = builder.add(builder.sext(accs[p * J + j], _V16Q), bias)
+                    acc = builder.add(builder.sext(accs[p * J + j], V16Q), bias)
                     r = builder.ashr(builder.add(builder.mul(acc, mult), rounding), tshift)
-                    r = builder.select(builder.icmp_signed("<", r, lo), lo, r)
-                    r = builder.select(builder.icmp_signed(">", r, hi), hi, r)
-                    r = builder.trunc(builder.add(r, zp), _V16B)
-                    off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(_I64, p), o_stride_)),
-                                      ir.Constant(_I64, 16 * j))
-                    builder.store(r, builder.bitcast(builder.gep(o_ptr, [off]), _V16B.as_pointer()), align=1)
+                    r = clamp(builder, r, lo, hi)
+                    r = builder.trunc(builder.add(r, zp), V16B)
+                    off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
+                                      ir.Constant(I64, 16 * j))
+                    builder.store(r, builder.bitcast(builder.gep(o_ptr, [off]), V16B.as_pointer()), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -224,64 +229,72 @@ def choose_variant(out_channels: int, out_width: int) -> int:
     return fits[0]
 
 
-@njit(cache=True, inline="always")  # a call per kernel row would cost as much as the row's math
-def _tile(variant, last, xf, a_off, a_stride, wp, b_off, k4, scratch, tile_stride, accumulate,
-          of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi):
-    # One kernel row of one tile; with last=True the fused epilogue writes uint8 output.
+@njit(cache=True, inline="always")  # a call per tile would cost as much as a small tile's math
+def _tile(variant, full, xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h, scratch,
+          tile_stride, of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi):
+    # One tile over all kernel rows; a full tile runs the fused epilogue and writes uint8 output,
+    # a partial one leaves its int32 sums in scratch for the scalar tail epilogue.
     if variant == 0:
-        if last:
-            _fin_4_4(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_4_4(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_4_4(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_4_4(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                     scratch, tile_stride)
     elif variant == 1:
-        if last:
-            _fin_8_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_8_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_8_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_8_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                     scratch, tile_stride)
     elif variant == 2:
-        if last:
-            _fin_7_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_7_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_7_2(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_7_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                     scratch, tile_stride)
     elif variant == 3:
-        if last:
-            _fin_16_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_16_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                       of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_16_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_16_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                      scratch, tile_stride)
     elif variant == 4:
-        if last:
-            _fin_8_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_8_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_8_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_8_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                     scratch, tile_stride)
     else:
-        if last:
-            _fin_7_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate,
+        if full:
+            _fin_7_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
         else:
-            _acc_7_1(xf, a_off, a_stride, wp, b_off, k4, scratch, 0, tile_stride, accumulate)
+            _acc_7_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
+                     scratch, tile_stride)
 
 
 @njit(cache=True, parallel=True)
 def _pad_input_kernel(x, input_zero_point, padding, xp):
     # x (N, H, W, C) -> xp (N, Hp, Wp, Cp): zp border (and slack rows), channels C..Cp-1 zero.
+    # Row-wise slice copies: a per-byte inside/outside test cost as much as a small conv layer.
     n_batch, height, width, channels = x.shape
-    padded_c = xp.shape[3]
+    zp = np.uint8(input_zero_point)
     for n in prange(n_batch):
         for i in range(xp.shape[1]):
-            for j in range(xp.shape[2]):
-                inside = padding <= i < padding + height and padding <= j < padding + width
-                for c in range(padded_c):
-                    if c >= channels:
-                        xp[n, i, j, c] = 0
-                    elif inside:
-                        xp[n, i, j, c] = x[n, i - padding, j - padding, c]
-                    else:
-                        xp[n, i, j, c] = input_zero_point
+            row = xp[n, i]
+            if i < padding or i >= padding + height:
+                row[:, :channels] = zp
+            else:
+                row[:padding, :channels] = zp
+                row[padding:padding + width, :channels] = x[n, i - padding]
+                row[padding + width:, :channels] = zp
+            if channels < xp.shape[3]:
+                row[:, channels:] = 0
 
 
 @njit(cache=True, parallel=True)
@@ -295,6 +308,7 @@ def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, pad
     tile_o = 16 * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     k4 = kernel_w * padded_c // 4
+    b_row_stride = k4 * tile_o * 4  # packed weight bytes per kernel row of one channel block
     n_tiles = (out_w + tile_p - 1) // tile_p
     for task in prange(n_batch * out_h):
         scratch = np.empty(_MAX_TILE, dtype=np.int32)
@@ -305,13 +319,11 @@ def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, pad
             for ob in range(n_blocks):
                 ch0 = ob * tile_o
                 full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
-                for kh in range(kernel_h):
-                    a_off = ((n * padded_h + oh * stride + kh) * padded_w + ow0 * stride) * padded_c
-                    b_off = (ob * kernel_h + kh) * k4 * tile_o * 4
-                    o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
-                    _tile(variant, full and kh == kernel_h - 1, xf, a_off, stride * padded_c, wp, b_off, k4,
-                          scratch, tile_o, kh, of, o_off, n_out, bias_eff, mult, tshift, rounding, ch0,
-                          output_zero_point, act_min, act_max)
+                a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
+                o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+                _tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
+                      ob * kernel_h * b_row_stride, b_row_stride, k4, kernel_h, scratch, tile_o, of, o_off, n_out,
+                      bias_eff, mult, tshift, rounding, ch0, output_zero_point, act_min, act_max)
                 if not full:  # tail tile: scalar epilogue on the valid pixels and channels
                     for p in range(min(tile_p, out_w - ow0)):
                         for jj in range(min(tile_o, n_out - ch0)):
@@ -354,6 +366,23 @@ class PackedConvWeights:
         self.kernel_h, self.kernel_w, self.n_out = kernel_h, kernel_w, n_out
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(shape) -> np.ndarray:
+    """A uint8 scratch array of ``shape`` for the padded input, reused by later calls of this thread.
+
+    Allocating a fresh multi-megabyte buffer per layer costs a page fault per 4 KiB on first
+    touch (about a fifth of a ResNet-20 forward at batch 400); the padded input is dead when
+    conv2d returns, so one growing buffer per thread serves every layer."""
+    size = int(np.prod(shape))
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=np.uint8)
+        _WORKSPACE.buf = buf
+    return buf[:size].reshape(shape)
+
+
 _PACK_CACHE: dict = {}
 _PACK_CACHE_MAX = 512
 
@@ -375,16 +404,15 @@ def _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out
 
 
 def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                output_zero_point, stride, padding, act_min, act_max, out_h, out_w):
-    """VNNI conv2d on already-validated arguments; same bits as the reference."""
+                output_zero_point, stride, padding, act_min, act_max, out):
+    """VNNI conv2d on already-validated arguments into ``out`` (N, OH, OW, O); same bits as the reference."""
     n_batch, height, width, _ = x.shape
-    pk = _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out_w)
+    pk = _packed(weight, bias, input_zero_point, output_multiplier, output_shift, out.shape[2])
     padded_w = width + 2 * padding
     # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
     slack_rows = (pk.tile_p * stride + padded_w - 1) // padded_w + 1
-    xp = np.empty((n_batch, height + 2 * padding + slack_rows, padded_w, pk.padded_c), dtype=np.uint8)
+    xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, pk.padded_c))
     _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
-    out = np.empty((n_batch, out_h, out_w, pk.n_out), dtype=np.uint8)
     _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
                         np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.kernel_w), np.int64(pk.n_out),
                         pk.bias_eff, pk.mult, pk.shift, pk.tshift, pk.rounding, np.int64(output_zero_point),

@@ -7,7 +7,7 @@ from kernels import checks
 
 
 def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
-                      b_multiplier, b_shift, output_zero_point, act_min, act_max):
+                      b_multiplier, b_shift, output_zero_point, act_min, act_max, out=None):
     """Elementwise ``a + b`` of two uint8 tensors of the same shape, requantized once.
 
     ``(a_multiplier, a_shift)`` quantizes ``s_a / s_out`` and
@@ -20,7 +20,8 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
 
     that is ``out = RHU(s_a/s_out * (a - a_zp) + s_b/s_out * (b - b_zp)) + zp`` computed
     exactly with the quantized multipliers: one rounding, ties toward +infinity.
-    Returns uint8 with the shape of ``a``.
+    Returns uint8 with the shape of ``a`` (written into ``out`` when given:
+    uint8, that shape, C-contiguous, not overlapping ``a`` or ``b``).
 
     Overflow: ``|a - a_zp| < 2^8``, ``M < 2^31`` and the relative shift is at most
     20, so each term is below 2^59 and ``|v| < 2^60``; the rounding term is at most
@@ -35,5 +36,7 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
     b_scale = np.int64(b_multiplier) << np.int64(b_shift - smin)
     v = (a.astype(np.int64) - a_zero_point) * a_scale + (b.astype(np.int64) - b_zero_point) * b_scale
     total_shift = np.int64(31 - smin)  # in [1, 62]
-    out = ((v + (np.int64(1) << (total_shift - 1))) >> total_shift) + output_zero_point
-    return np.clip(out, act_min, act_max).astype(np.uint8)
+    out = checks.output_buffer(out, a.shape, a, b)
+    r = ((v + (np.int64(1) << (total_shift - 1))) >> total_shift) + output_zero_point
+    out[...] = np.clip(r, act_min, act_max)
+    return out

@@ -8,13 +8,14 @@ from kernels.fixedpoint import requantize_round_half_up
 
 
 def conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-           output_zero_point, stride, padding, act_min, act_max):
+           output_zero_point, stride, padding, act_min, act_max, out=None):
     """Quantized conv2d with per-output-channel requantization and a fused clamp.
 
     Layout and dtypes: ``x`` (N, H, W, C) uint8, ``weight`` (O, KH, KW, C) int8
     in [-127, 127], ``bias`` (O,) int32, ``output_multiplier``/``output_shift``
     (O,) int32; scalars are ints.  Returns uint8 (N, OH, OW, O) with
-    ``OH = (H + 2*padding - KH)//stride + 1`` (likewise OW).
+    ``OH = (H + 2*padding - KH)//stride + 1`` (likewise OW), written into ``out``
+    when given (uint8, that shape, C-contiguous, not overlapping ``x``).
 
     Formula (``xpad`` is ``x`` padded by ``padding`` on each side with
     ``input_zero_point``, so padding contributes 0)::
@@ -49,5 +50,7 @@ def conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
             acc += tap @ w64[:, i, j, :].T
     acc += bias.astype(np.int64)
 
-    out = requantize_round_half_up(acc, output_multiplier, output_shift) + output_zero_point
-    return np.clip(out, act_min, act_max).astype(np.uint8)
+    out = checks.output_buffer(out, (n, oh, ow, o), x)
+    v = requantize_round_half_up(acc, output_multiplier, output_shift) + output_zero_point
+    out[...] = np.clip(v, act_min, act_max)
+    return out
