@@ -78,6 +78,36 @@ def test_numba_equals_reference_resnet20_on_cifar():
     np.testing.assert_array_equal(model.forward(x, "numba"), model.forward(x, "reference"))
 
 
+def test_reused_buffers_across_batch_sizes_and_threads():
+    """The engine reuses activation buffers across calls (per thread): results never depend on
+    the previous call's batch size, an earlier result is never overwritten, and threads do not
+    share buffers."""
+    import threading
+
+    model = load_model(shipped())
+    rng = np.random.default_rng(4)
+    batches = [rng.integers(0, 256, (n,) + model.input_shape, dtype=np.uint8) for n in (9, 3, 17, 9)]
+    want = [model.forward(b, "reference") for b in batches]
+    got = [model.forward(b, "numba") for b in batches]  # grows, shrinks, grows again
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    results = {}
+
+    def run(k):
+        results[k] = [model.forward(batches[(k + j) % 4], "numba") for j in range(4)]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(3):
+        for j in range(4):
+            np.testing.assert_array_equal(results[k][j], want[(k + j) % 4])
+    model.release_buffers()
+    np.testing.assert_array_equal(model.forward(batches[0], "numba"), want[0])
+
+
 @pytest.mark.slow
 def test_numba_equals_reference_resnet20_noisy_inputs():
     from kernels.sampler import make_sampler, sigma_sq_from_sigma

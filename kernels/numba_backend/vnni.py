@@ -22,9 +22,11 @@ The zero-point term is folded into the bias: the micro-kernel computes
 ``sum x*w`` on raw uint8 ``x``; ``bias_eff[o] = bias[o] - zp * sum_k w[o, k]``.
 Bounds: ``|sum x*w| <= 255 * 127 * K < 2^29`` for ``K <= 16577``
 (``kernels.checks.MAX_REDUCTION``), so the int32 lanes never wrap; the folded
-bias ``bias - zp * sum w`` may leave int32 and is kept in int64, where the
-epilogue adds it.  Epilogue (per lane, int64): ``(acc * M + 2^(t-1)) >> t``
-with ``t = 31 - shift``, ``+ output_zero_point``, clamp -- the rule of
+bias ``bias - zp * sum w`` may leave int32 and is kept in int64.  Epilogue (per
+lane, int64): ``((sum + bias_eff) * M + 2^(t-1)) >> t`` with ``t = 31 - shift``,
+evaluated as ``(sum * M + bias_term) >> t`` with ``bias_term = bias_eff * M +
+2^(t-1)`` precomputed per channel (the same integer; ``|sum * M| < 2^60``,
+``|bias_term| < 2^63``), ``+ output_zero_point``, clamp -- the rule of
 :mod:`kernels.fixedpoint`, written once more here in vector IR (the scalar
 tail path calls ``requantize_round_half_up_scalar``); the equivalence tests
 hold the two to the same bits.
@@ -158,16 +160,16 @@ def _make_microkernels(P, J):
 
     @intrinsic
     def finish_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h,
-                    out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
+                    out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
                     output_zero_point, act_min, act_max):
         """A full tile: all kernel rows, then requantize + clamp 16 channels at a time and store uint8."""
         sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k4, kernel_h,
-                         out, out_off, out_pixel_stride, bias_eff, multiplier, total_shift, rounding, channel0,
+                         out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
                          output_zero_point, act_min, act_max)
 
         def codegen(context, builder, signature, args):
             (a_, a_off_, a_stride_, a_rs_, b_, b_off_, b_rs_, k4_, kh_, o_, o_off_, o_stride_,
-             bias_, mult_, tshift_, round_, ch0_, zp_, lo_, hi_) = args
+             bias_, mult_, tshift_, ch0_, zp_, lo_, hi_) = args
             ty = signature.args
             a_ptr = array_data(context, builder, ty[0], a_)
             b_ptr = array_data(context, builder, ty[4], b_)
@@ -175,7 +177,6 @@ def _make_microkernels(P, J):
             bias_ptr = array_data(context, builder, ty[12], bias_)
             mult_ptr = array_data(context, builder, ty[13], mult_)
             tshift_ptr = array_data(context, builder, ty[14], tshift_)
-            round_ptr = array_data(context, builder, ty[15], round_)
             accs = _dot_loop(builder, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, k4_, kh_, P, J)
             # clamp before adding the zero point, in int64: the requantized value may exceed int32
             lo = splat(builder, builder.sub(lo_, zp_), V16Q)
@@ -187,13 +188,14 @@ def _make_microkernels(P, J):
                 def vec(ptr, vty, align):
                     return builder.load(builder.bitcast(builder.gep(ptr, [ch]), vty.as_pointer()), align=align)
 
-                bias = vec(bias_ptr, V16Q, 8)
+                # (sum + bias_eff) * M + 2^(t-1) == sum * M + bias_term: one int64 multiply of two
+                # sign-extended int32 values (a single vpmuldq-class product) and one add per lane
+                bias_term = vec(bias_ptr, V16Q, 8)
                 mult = builder.sext(vec(mult_ptr, V16, 4), V16Q)
                 tshift = vec(tshift_ptr, V16Q, 8)
-                rounding = vec(round_ptr, V16Q, 8)
                 for p in range(P):
-                    acc = builder.add(builder.sext(accs[p * J + j], V16Q), bias)
-                    r = builder.ashr(builder.add(builder.mul(acc, mult), rounding), tshift)
+                    acc = builder.sext(accs[p * J + j], V16Q)
+                    r = builder.ashr(builder.add(builder.mul(acc, mult), bias_term), tshift)
                     r = clamp(builder, r, lo, hi)
                     r = builder.trunc(builder.add(r, zp), V16B)
                     off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
@@ -231,48 +233,48 @@ def choose_variant(out_channels: int, out_width: int) -> int:
 
 @njit(cache=True, inline="always")  # a call per tile would cost as much as a small tile's math
 def _tile(variant, full, xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h, scratch,
-          tile_stride, of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi):
+          tile_stride, of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi):
     # One tile over all kernel rows; a full tile runs the fused epilogue and writes uint8 output,
     # a partial one leaves its int32 sums in scratch for the scalar tail epilogue.
     if variant == 0:
         if full:
             _fin_4_4(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                     of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_4_4(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      scratch, tile_stride)
     elif variant == 1:
         if full:
             _fin_8_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                     of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_8_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      scratch, tile_stride)
     elif variant == 2:
         if full:
             _fin_7_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                     of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_7_2(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      scratch, tile_stride)
     elif variant == 3:
         if full:
             _fin_16_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                      of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                      of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_16_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                       scratch, tile_stride)
     elif variant == 4:
         if full:
             _fin_8_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                     of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_8_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      scratch, tile_stride)
     else:
         if full:
             _fin_7_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
-                     of, o_off, o_stride, bias_eff, mult, tshift, rounding, ch0, zp, lo, hi)
+                     of, o_off, o_stride, bias_term, mult, tshift, ch0, zp, lo, hi)
         else:
             _acc_7_1(xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_stride, k4, kernel_h,
                      scratch, tile_stride)
@@ -299,7 +301,7 @@ def _pad_input_kernel(x, input_zero_point, padding, xp):
 
 @njit(cache=True, parallel=True)
 def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, kernel_w, n_out,
-                        bias_eff, mult, shift, tshift, rounding, output_zero_point, stride,
+                        bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
                         act_min, act_max, out, of):
     # xf: the (N, Hp, Wp, Cp) padded input, flat; wp packed weights (see module doc);
     # out (N, OH, OW, O) uint8 and of, the same memory flat (flat views come from the
@@ -323,7 +325,7 @@ def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, pad
                 o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
                 _tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
                       ob * kernel_h * b_row_stride, b_row_stride, k4, kernel_h, scratch, tile_o, of, o_off, n_out,
-                      bias_eff, mult, tshift, rounding, ch0, output_zero_point, act_min, act_max)
+                      bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
                 if not full:  # tail tile: scalar epilogue on the valid pixels and channels
                     for p in range(min(tile_p, out_w - ow0)):
                         for jj in range(min(tile_o, n_out - ch0)):
@@ -362,7 +364,8 @@ class PackedConvWeights:
         self.shift = np.zeros(o_pad, dtype=np.int32)
         self.shift[:n_out] = output_shift
         self.tshift = (31 - self.shift.astype(np.int64)).astype(np.int64)
-        self.rounding = np.left_shift(np.int64(1), self.tshift - 1)
+        # bias_eff * M + 2^(t-1): |bias_eff| < 2^31 + 2^29 and M < 2^31 keep it below 2^63 - 2^61
+        self.bias_term = self.bias_eff * self.mult.astype(np.int64) + np.left_shift(np.int64(1), self.tshift - 1)
         self.kernel_h, self.kernel_w, self.n_out = kernel_h, kernel_w, n_out
 
 
@@ -415,6 +418,6 @@ def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shi
     _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
     _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
                         np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.kernel_w), np.int64(pk.n_out),
-                        pk.bias_eff, pk.mult, pk.shift, pk.tshift, pk.rounding, np.int64(output_zero_point),
+                        pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
                         np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1))
     return out
