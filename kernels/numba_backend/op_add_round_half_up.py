@@ -6,7 +6,7 @@ formula lane by lane; LLVM lowers it to AVX-512 ``vpmullq``/``vpsraq`` where the
 CPU has them and to narrower instructions elsewhere), the remainder with the
 scalar formula.  Numba's auto-vectorizer leaves the scalar loop alone, and a
 256 x 256 result table is still a scalar lookup per element; the vector form
-is about twice as fast as either.  The two scaled terms are below 2^59 each
+is several times faster than either.  The two scaled terms are below 2^59 each
 (|a - zp| < 2^8, M < 2^31, relative shift <= 20), so the int64 sum and its
 rounding term (<= 2^61) cannot overflow.
 """
