@@ -241,7 +241,8 @@ def report(args, out: Path) -> dict:
     summary = {"main": {}, "grid": {}, "settings": {
         "images": args.images, "skip": args.skip, "grid_images": args.grid_images, "n0": args.n0, "n": args.n,
         "alpha": args.alpha, "seed": args.seed, "epochs": args.epochs, "qat_epochs": args.qat_epochs,
-        "freeze_epochs": args.freeze_epochs, "data": str(args.data), "machine": platform.processor() or platform.machine(),
+        "freeze_epochs": args.freeze_epochs, "data": str(args.data),
+        "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count()}}
     lines = ["## Certified accuracy (%) at l2 radius r (IntRS Table 2 layout)", "",
              f"N0 = {args.n0}, N = {args.n}, alpha = {args.alpha}, {args.images} test images (every "
@@ -250,7 +251,8 @@ def report(args, out: Path) -> dict:
              "| sigma | method | " + " | ".join(f"r={r:g}" for r in RADII) + " | certified % | ACR | s/image |",
              "|---|---|" + "---:|" * (len(RADII) + 3)]
     gap_lines = ["", "## IntRS-quant minus FloatRS-fp, and FloatRS-quant minus FloatRS-fp (points)", "",
-                 "| sigma | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR |", "|---|" + "---:|" * (len(RADII) + 1)]
+                 "| sigma | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR |",
+                 "|---|" + "---:|" * (len(RADII) + 1)]
     for sigma in args.sigmas:
         per = {}
         for method in METHODS:

@@ -416,7 +416,8 @@ def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shi
     slack_rows = (pk.tile_p * stride + padded_w - 1) // padded_w + 1
     xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, pk.padded_c))
     _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
-    _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
+    _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed,
+                        np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
                         np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.kernel_w), np.int64(pk.n_out),
                         pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
                         np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1))
