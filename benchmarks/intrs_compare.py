@@ -125,25 +125,26 @@ def train_all(args, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- certification
 
-def _run_rows(args, out_tsv: Path, meta: dict, indices, x, y, certify_one) -> None:
+def _run_rows(out_tsv: Path, meta: dict, indices, y, certify_one) -> None:
     """Certify ``indices`` not yet in ``out_tsv`` (Cohen TSV + counts, fsync per row, resumable)."""
     from tqdm import tqdm
 
-    from intengine.runs import format_row, prepare_output
+    from intengine.runs import append_rows, read_finished
 
-    finished, _ = prepare_output(out_tsv, meta)
-    todo = [i for i in indices if i not in finished]
-    if not todo:
-        return
-    with open(out_tsv, "a") as fh, tqdm(todo, desc=out_tsv.stem, unit="img", file=sys.stderr,
-                                         disable=not sys.stderr.isatty()) as bar:
-        for k, idx in enumerate(bar):
-            res = certify_one(idx)
-            fh.write(format_row(idx, int(y[idx]), res))
-            fh.flush()
-            os.fsync(fh.fileno())
-            if not sys.stderr.isatty() and (k + 1) % 10 == 0:
-                log(f"  {out_tsv.stem}: {len(indices) - len(todo) + k + 1}/{len(indices)} images")
+    done = len(set(indices) & read_finished(out_tsv)) if out_tsv.is_file() and out_tsv.stat().st_size else 0
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(indices), initial=done, desc=out_tsv.stem, unit="img", file=sys.stderr, disable=not tty)
+
+    rows = [done]  # a disabled tqdm does not count, so count here
+
+    def on_row(idx, label, result):
+        rows[0] += 1
+        bar.update(1)
+        if not tty and rows[0] % 10 == 0:
+            log(f"  {out_tsv.stem}: {rows[0]}/{len(indices)} images")
+
+    with bar:
+        append_rows(out_tsv, meta, indices, y, lambda idx, seed: certify_one(idx), on_row)
 
 
 def certify_run(args, out: Path, method: str, train_sigma: float, cert_sigma: float, indices, x, y) -> Path:
@@ -174,7 +175,7 @@ def certify_run(args, out: Path, method: str, train_sigma: float, cert_sigma: fl
         model = load_model(mpath)
         one = lambda i: certify(model, x[i], image_index=int(i), **common)  # noqa: E731
     t0 = time.time()
-    _run_rows(args, out_tsv, meta, indices, x, y, one)
+    _run_rows(out_tsv, meta, indices, y, one)
     if time.time() - t0 > 1:
         log(f"certified {name} in {(time.time() - t0) / 60:.1f} min")
     return out_tsv

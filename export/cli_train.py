@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--out", required=True, help="output model.int8 (float mode: float32 safetensors)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=["intrs", "float", "floatq"], default="intrs",
+    parser.add_argument("--mode", choices=list(NOISE_TEXT), default="intrs",
                         help="intrs: QAT + discrete Gaussian noise from the engine's sampler (IntRS-quant); "
                              "float: float32, continuous noise (Cohen et al., FloatRS-fp); floatq: QAT, continuous "
                              "noise quantized to the input grid (FloatRS-quant)")

@@ -76,13 +76,14 @@ def gaussian_noise(seed: int, stream: int, image_index: int, start: int, count: 
     return np.concatenate(parts)[:count]
 
 
-def _votes(classify, x: np.ndarray, sigma: float, *, seed, stream, image_index, num, batch, num_classes):
+def _votes(classify, d: int, *, seed, stream, image_index, num, batch, num_classes):
+    """Class counts of ``classify(z)`` over ``num`` draws z (B, d) of one image and stream."""
     counts = np.zeros(num_classes, dtype=np.int64)
     batch = max(CHUNK, (int(batch) // CHUNK) * CHUNK)
     for start in range(0, num, batch):
         b = min(batch, num - start)
-        z = gaussian_noise(seed, stream, image_index, start, b, x.size)
-        ids = np.asarray(classify(x, z, sigma), dtype=np.int64)
+        z = gaussian_noise(seed, stream, image_index, start, b, d)
+        ids = np.asarray(classify(z), dtype=np.int64)
         counts += np.bincount(ids, minlength=num_classes)[:num_classes]
     return counts
 
@@ -92,9 +93,9 @@ def _certify(classify, x, num_classes, *, sigma, n0, n, alpha, batch, seed, imag
     check_options(sigma=sigma, alpha=alpha, n0=n0, n=n)
     seed = resolve_seed(seed)
     kw = dict(seed=seed, image_index=int(image_index), batch=batch, num_classes=num_classes)
-    counts0 = _votes(classify, x, sigma, stream=STREAM_SELECTION, num=int(n0), **kw)
+    counts0 = _votes(classify, x.size, stream=STREAM_SELECTION, num=int(n0), **kw)
     guess = int(np.argmax(counts0))
-    counts1 = _votes(classify, x, sigma, stream=STREAM_ESTIMATION, num=int(n), **kw)
+    counts1 = _votes(classify, x.size, stream=STREAM_ESTIMATION, num=int(n), **kw)
     n_a = int(counts1[guess])
     p_low = clopper_pearson_lower(n_a, int(n), float(alpha))
     abstain = not p_low > 0.5
@@ -120,9 +121,9 @@ def certify_float(net, x: np.ndarray, *, sigma: float, n0: int = 100, n: int = 1
     base = torch.as_tensor(x.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()  # (C, H, W)
     h, w, c = x.shape
 
-    def classify(_x, z, sig):
+    def classify(z):
         noise = torch.from_numpy(z).view(-1, h, w, c).permute(0, 3, 1, 2)  # NHWC draws -> NCHW view
-        inp = base.unsqueeze(0) + sig * noise
+        inp = base.unsqueeze(0) + sigma * noise
         if channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -148,8 +149,8 @@ def certify_float_quant(model, x: np.ndarray, *, sigma: float, n0: int = 100, n:
     shape = tuple(model.input_shape)
     x_flat = np.ascontiguousarray(x).reshape(-1)
 
-    def classify(_x, z, sig):
-        noisy = quantize_noisy(x_flat, z, sig)
+    def classify(z):
+        noisy = quantize_noisy(x_flat, z, sigma)
         return model.classify(noisy.reshape((-1,) + shape), backend=backend)
 
     return _certify(classify, x, int(model.num_classes), sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch,

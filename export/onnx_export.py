@@ -125,10 +125,8 @@ def export_onnx(model_int8_path, onnx_path) -> None:
 
     from intengine import modelfile
 
-    from intengine.engine import Model, _shapes
-
     model, tensors = modelfile.read(model_int8_path)
-    shapes = _shapes(Model(model, tensors, str(model_int8_path)))
+    shapes = modelfile.validate(model, tensors, str(model_int8_path))  # per-sample activation shapes
     for node in model["nodes"]:
         src = shapes[node["inputs"][0]]
         if node["op"] == "avg_pool_round_half_up" and not (node["attrs"]["kernel"] == src[0] == src[1]):

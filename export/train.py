@@ -34,7 +34,6 @@ from export import qat
 CALIB_NOISE_STREAM = 2
 TEST_NOISE_STREAM = 3
 TRAIN_NOISE_STREAM = 16
-MODES = ("intrs", "float", "floatq")
 FLOAT_NOISE_MODES = ("float", "floatq")   # continuous Gaussian noise drawn by torch
 
 

@@ -20,7 +20,8 @@ class Model:
     """A loaded, validated integer network."""
 
     def __init__(self, model: dict, tensors: dict[str, np.ndarray], path: str | None = None):
-        modelfile.validate(model, tensors, path or "<model>")
+        # per-sample shape of every activation ("input" and each node's output), from validation
+        self.activation_shapes = modelfile.validate(model, tensors, path or "<model>")
         self.description = model
         self.tensors = tensors
         self.path = path
@@ -55,8 +56,8 @@ class Model:
             args = (a["kernel"], a["stride"], a["padding"])
         return op, node["name"], list(node["inputs"]), args
 
-    def _buffer(self, name: str, shape: tuple) -> np.ndarray:
-        """A uint8 output buffer for node ``name``, reused by later forward calls of this thread.
+    def _buffer(self, name: str, batch: int) -> np.ndarray:
+        """A uint8 output buffer (batch, *shape of ``name``), reused by later forward calls of this thread.
 
         Every conv/add node writes into its own buffer (sized for the largest batch seen), so no
         live activation is overwritten within a call; reusing them across calls saves the page
@@ -65,9 +66,9 @@ class Model:
         if bufs is None:
             bufs = self._arena.bufs = {}
         buf = bufs.get(name)
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = bufs[name] = np.empty(shape, dtype=np.uint8)
-        return buf[: shape[0]]
+        if buf is None or buf.shape[0] < batch:
+            buf = bufs[name] = np.empty((batch,) + self.activation_shapes[name], dtype=np.uint8)
+        return buf[:batch]
 
     def release_buffers(self) -> None:
         """Free this thread's reused activation buffers (they are rebuilt on the next forward)."""
@@ -101,12 +102,12 @@ class Model:
                 ins = [values[k] for k in inputs]
                 keep = name != self.output  # the returned array is never a reused buffer
                 if op == "conv2d":
-                    dest = self._buffer(name, self._conv_shape(ins[0].shape, args)) if keep else None
+                    dest = self._buffer(name, x.shape[0]) if keep else None
                     out = ops.conv2d(ins[0], *args, out=dest)
                 elif op == "linear":
                     out = ops.linear(np.ascontiguousarray(ins[0].reshape(ins[0].shape[0], -1)), *args)
                 elif op == "add_round_half_up":
-                    dest = self._buffer(name, ins[0].shape) if keep else None
+                    dest = self._buffer(name, x.shape[0]) if keep else None
                     out = ops.add_round_half_up(ins[0], ins[1], *args, out=dest)
                 elif op == "avg_pool_round_half_up":
                     out = ops.avg_pool_round_half_up(ins[0], *args)
@@ -118,13 +119,6 @@ class Model:
         except ValueError as exc:  # argument checks in kernels (cannot happen for a validated model)
             raise IntengineError(f"kernel rejected node {name!r}: {exc}") from None
         return values[self.output]
-
-    @staticmethod
-    def _conv_shape(x_shape, args) -> tuple:
-        weight, stride, padding = args[0], args[6], args[7]
-        n, h, w, _ = x_shape
-        o, kh, kw, _ = weight.shape
-        return (n, (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1, o)
 
     def classify(self, x, backend: str = "numba") -> np.ndarray:
         """int32 class ids (N,): argmax of the uint8 logits, ties to the lowest class id."""
@@ -174,7 +168,7 @@ def info_text(model: Model, path=None) -> str:
     lines.append(f"classes     {model.num_classes}: {', '.join(model.class_names)}")
     lines.append(f"sigma       {model.sigma:g} (pixel scale; sigma_int = {255 * model.sigma:g})")
     lines.append(f"parameters  {model.parameter_count():,}")
-    shapes = _shapes(model)
+    shapes = model.activation_shapes
     lines.append("")
     lines.append(f"{'#':>3}  {'node':<16} {'op':<23} {'inputs':<28} {'output shape':<14} {'params':>8}")
     for i, node in enumerate(model.nodes):
@@ -189,22 +183,3 @@ def info_text(model: Model, path=None) -> str:
         for k in sorted(prov):
             lines.append(f"  {k:<22} {prov[k]}")
     return "\n".join(lines)
-
-
-def _shapes(model: Model) -> dict:
-    shapes = {"input": model.input_shape}
-    for node in model.nodes:
-        a, src = node["attrs"], shapes[node["inputs"][0]]
-        op = node["op"]
-        if op == "conv2d":
-            o, kh, kw, _ = model.tensors[node["tensors"]["weight"]].shape
-            s, p = a["stride"], a["padding"]
-            shapes[node["name"]] = ((src[0] + 2 * p - kh) // s + 1, (src[1] + 2 * p - kw) // s + 1, o)
-        elif op == "linear":
-            shapes[node["name"]] = (model.tensors[node["tensors"]["weight"]].shape[0],)
-        elif op == "add_round_half_up":
-            shapes[node["name"]] = src
-        else:
-            k, s, p = a["kernel"], a["stride"], a.get("padding", 0)
-            shapes[node["name"]] = ((src[0] + 2 * p - k) // s + 1, (src[1] + 2 * p - k) // s + 1, src[2])
-    return shapes

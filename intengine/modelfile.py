@@ -183,8 +183,10 @@ def _tensor(where, tensors, used, name, dtype, shape=None):
     return a
 
 
-def validate(model, tensors: dict[str, np.ndarray], where: str = "<model>") -> None:
-    """Check the model description against the tensors; raise IntengineError on the first problem."""
+def validate(model, tensors: dict[str, np.ndarray], where: str = "<model>") -> dict[str, tuple]:
+    """Check the model description against the tensors; raise IntengineError on the first problem.
+
+    Returns the per-sample shape of every activation (``"input"`` and each node's output)."""
     if not isinstance(model, dict):
         _fail(where, "model description must be a JSON object")
     for key in ("input", "output", "nodes", "quantization", "num_classes", "class_names", "sigma", "provenance"):
@@ -248,6 +250,7 @@ def validate(model, tensors: dict[str, np.ndarray], where: str = "<model>") -> N
     dead = [p for p in produced if p not in consumed]
     if dead:
         _fail(where, f"node {dead[0]!r} output is never used")
+    return shapes
 
 
 def _validate_node(where, idx, node, shapes, tensors, used, qparams):

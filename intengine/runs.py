@@ -189,20 +189,34 @@ def certify_dataset(model, model_path, data_path, out, *, split: str = "test", s
         "split": split, "skip": int(skip), "max": max_count, "n0": int(n0), "n": int(n),
         "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
     }
-    finished, meta = prepare_output(out, meta)
-    todo = [i for i in indices if i not in finished]
+
+    def certify_one(idx, run_seed):
+        return certify(model, np.ascontiguousarray(x[idx]), sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch,
+                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress)
+
     t0 = time.perf_counter()
-    with open(out, "a") as fh:
-        for k, idx in enumerate(todo):
-            res = certify(model, np.ascontiguousarray(x[idx]), sigma=sigma, n0=n0, n=n, alpha=alpha,
-                          batch=batch, seed=meta["seed"], sampler=sampler, backend=backend,
-                          image_index=int(idx), progress=progress)
-            fh.write(format_row(idx, int(y[idx]), res))
-            fh.flush()
-            os.fsync(fh.fileno())
-            if on_row is not None:
-                on_row(idx, int(y[idx]), res)
+    todo, meta = append_rows(out, meta, indices, y, certify_one, on_row)
     return {
         "out": str(out), "selected": len(indices), "already_done": len(indices) - len(todo),
         "certified_now": len(todo), "seconds": time.perf_counter() - t0, "seed": meta["seed"],
     }
+
+
+def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None) -> tuple[list[int], dict]:
+    """Create or resume ``out`` (see :func:`prepare_output`) and append one row per index not yet in it.
+
+    ``certify_one(idx, seed)`` returns a CERTIFY result (``seed`` is the run's, drawn and stored when
+    ``meta['seed']`` is None); each row is written, flushed and fsync'ed before the next image starts,
+    then ``on_row(idx, label, result)`` is called.  Returns (the indices certified now, the metadata).
+    """
+    finished, meta = prepare_output(Path(out), meta)
+    todo = [i for i in indices if i not in finished]
+    with open(out, "a") as fh:
+        for idx in todo:
+            res = certify_one(idx, meta["seed"])
+            fh.write(format_row(idx, int(labels[idx]), res))
+            fh.flush()
+            os.fsync(fh.fileno())
+            if on_row is not None:
+                on_row(idx, int(labels[idx]), res)
+    return todo, meta

@@ -34,5 +34,5 @@ def clamp(builder, v, lo, hi):
 
 
 def vector_ptr(builder, base, offset, vty):
-    """``base + offset`` (an element pointer) as a pointer to ``vty``."""
+    """``base + offset`` (an element pointer) as a pointer to ``vty`` (a vector or a wider integer)."""
     return builder.bitcast(builder.gep(base, [offset]), vty.as_pointer())

@@ -47,7 +47,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.fixedpoint import requantize_round_half_up_scalar
-from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat
+from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
 
 
 def _host_has_vnni() -> bool:
@@ -62,13 +62,14 @@ def _host_has_vnni() -> bool:
 
 AVAILABLE = _host_has_vnni() and os.environ.get("INTENGINE_DISABLE_VNNI", "") in ("", "0")
 
+
 def _scratch_ptrs(builder, scratch, scratch_stride, P, J):
     """Pointers to the int32 scratch tile: row p (stride ``scratch_stride``), channels 16j..16j+15."""
     ptrs = []
     for p in range(P):
         for j in range(J):
             off = builder.add(builder.mul(ir.Constant(I64, p), scratch_stride), ir.Constant(I64, 16 * j))
-            ptrs.append(builder.bitcast(builder.gep(scratch, [off]), V16.as_pointer()))
+            ptrs.append(vector_ptr(builder, scratch, off, V16))
     return ptrs
 
 
@@ -112,13 +113,13 @@ def _dot_loop(builder, a_ptr, a_off, a_stride, a_row_stride, b_ptr, b_off, b_row
 
     builder.position_at_end(body)
     b_row = builder.add(b_row0, builder.mul(kk, ir.Constant(I64, 64 * J)))
-    b_vecs = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(b_row, ir.Constant(I64, 64 * j))]),
-                                           V16.as_pointer()), align=1) for j in range(J)]
+    b_vecs = [builder.load(vector_ptr(builder, b_ptr, builder.add(b_row, ir.Constant(I64, 64 * j)), V16), align=1)
+              for j in range(J)]
     a_col = builder.add(a_row, builder.mul(kk, ir.Constant(I64, 4)))
     updated = []
     for p in range(P):
         off = builder.add(a_col, builder.mul(ir.Constant(I64, p), a_stride))
-        word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), I32.as_pointer()), align=1)
+        word = builder.load(vector_ptr(builder, a_ptr, off, I32), align=1)
         a_vec = splat(builder, word, V16)
         for j in range(J):
             updated.append(builder.call(vnni, [accs[p * J + j], a_vec, b_vecs[j]]))
@@ -185,14 +186,11 @@ def _make_microkernels(P, J):
             for j in range(J):
                 ch = builder.add(ch0_, ir.Constant(I64, 16 * j))
 
-                def vec(ptr, vty, align):
-                    return builder.load(builder.bitcast(builder.gep(ptr, [ch]), vty.as_pointer()), align=align)
-
-                # (sum + bias_eff) * M + 2^(t-1) == sum * M + bias_term: one int64 multiply of two
-                # sign-extended int32 values (a single vpmuldq-class product) and one add per lane
-                bias_term = vec(bias_ptr, V16Q, 8)
-                mult = builder.sext(vec(mult_ptr, V16, 4), V16Q)
-                tshift = vec(tshift_ptr, V16Q, 8)
+                # (sum + bias_eff) * M + 2^(t-1) == sum * M + bias_term: one multiply and one add
+                # per lane (LLVM emits vpmullq for the product of two sign-extended int32 lanes)
+                bias_term = builder.load(vector_ptr(builder, bias_ptr, ch, V16Q), align=8)
+                mult = builder.sext(builder.load(vector_ptr(builder, mult_ptr, ch, V16), align=4), V16Q)
+                tshift = builder.load(vector_ptr(builder, tshift_ptr, ch, V16Q), align=8)
                 for p in range(P):
                     acc = builder.sext(accs[p * J + j], V16Q)
                     r = builder.ashr(builder.add(builder.mul(acc, mult), bias_term), tshift)
@@ -200,7 +198,7 @@ def _make_microkernels(P, J):
                     r = builder.trunc(builder.add(r, zp), V16B)
                     off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
                                       ir.Constant(I64, 16 * j))
-                    builder.store(r, builder.bitcast(builder.gep(o_ptr, [off]), V16B.as_pointer()), align=1)
+                    builder.store(r, vector_ptr(builder, o_ptr, off, V16B), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
