@@ -9,9 +9,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+import kernels
 from kernels.fixedpoint import quantize_multiplier, quantize_multipliers
 
-BACKEND_NAMES = ("reference", "numba", "numba-portable")
+# reference, numba (best rung), and numba forced onto every conv2d rung this CPU has
+# (numba-vnni512, numba-avx2, numba-portable): "SIMD must make no difference to the results"
+BACKEND_NAMES = kernels.available_backends()
 
 
 def conv_acc(x, weight, bias, input_zero_point, stride, padding):

@@ -6,6 +6,10 @@ per-channel multipliers picked from the accumulator's range, fused ReLU);
 directed cases cover rounding ties, int32 limits, weights at -127 and all-255
 inputs.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -354,13 +358,68 @@ def test_conv2d_resnet_layer_shapes(h, c, o, k, stride, padding):
     assert _assert_requantization_decides(out, acc, reals, 128, args[9], args[10]) > out.size // 4
 
 
-def test_vnni_path_is_taken_where_available():
-    from kernels.numba_backend import vnni
+def test_best_rung_is_selected_and_every_rung_is_tested():
+    from kernels.numba_backend import avx2, op_conv2d, vnni
 
-    if not vnni.AVAILABLE:
-        pytest.skip("this CPU has no AVX-512 VNNI (or INTENGINE_DISABLE_VNNI is set): only the portable path runs")
-    assert vnni.choose_variant(64, 8) == vnni.VARIANTS.index((4, 4))
-    assert vnni.choose_variant(16, 32) == vnni.VARIANTS.index((16, 1))
+    rungs = op_conv2d.available_rungs()
+    assert rungs[-1] == "portable" and op_conv2d.SELECTED in rungs
+    assert ("vnni512" in rungs) == vnni.AVAILABLE and ("avx2" in rungs) == avx2.AVAILABLE
+    if os.environ.get("INTENGINE_ISA", "auto") in ("", "auto") and not os.environ.get("INTENGINE_DISABLE_VNNI"):
+        assert op_conv2d.SELECTED == rungs[0]
+    assert {f"numba-{r}" for r in rungs} <= set(BACKEND_NAMES)
+    for name in ("numba-vnni512", "numba-avx2"):
+        if name[len("numba-"):] not in rungs:
+            with pytest.raises(ValueError, match="CPU feature"):
+                kernels.get_backend(name)
+
+
+@pytest.mark.parametrize("cap, want", [("portable", "portable"), ("avx2", "avx2"), ("vnni512", "vnni512"),
+                                       ("auto", None)])
+def test_intengine_isa_caps_the_ladder(cap, want):
+    from kernels.numba_backend import op_conv2d
+
+    rungs = op_conv2d.available_rungs()
+    if want is not None and want not in rungs:
+        pytest.skip(f"this CPU has no {want} rung (available: {', '.join(rungs)})")
+    env = dict(os.environ, INTENGINE_ISA=cap)
+    env.pop("INTENGINE_DISABLE_VNNI", None)
+    code = "from kernels.numba_backend import op_conv2d; print(op_conv2d.SELECTED)"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == (want or rungs[0])
+    bad = subprocess.run([sys.executable, "-c", code], env=dict(env, INTENGINE_ISA="sse9"), capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "INTENGINE_ISA must be one of" in bad.stderr
+
+
+@pytest.mark.parametrize("isa_name", ["VNNI512", "AVX2"])
+def test_full_register_blocks_for_resnet_shapes(isa_name):
+    # the micro-kernel's fused epilogue handles full tiles; ResNet layer shapes must not fall to the tail
+    from kernels.numba_backend import microkernel
+
+    isa = getattr(microkernel, isa_name)
+    for out_channels, out_width in [(16, 32), (32, 16), (64, 8), (64, 56), (256, 14), (2048, 7), (128, 28)]:
+        P, J = isa.variants[microkernel.choose_variant(isa, out_channels, out_width)]
+        assert out_channels % (isa.lanes * J) == 0 and out_width % P == 0, (out_channels, out_width, P, J)
+    for P, J in isa.variants:  # accumulators + weight vectors + broadcast + product fit the register file
+        assert P * J + J + 2 <= isa.registers
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKEND_NAMES if b != "reference"])
+def test_conv2d_int32_limits(backend):
+    # the largest reduction the kernels accept (checks.MAX_REDUCTION), every product at its extreme
+    # (255 * -127 and 255 * 127): the int32 lanes hold |sum| < 2^29 without wrapping, on every rung
+    from kernels import checks
+
+    channels = checks.MAX_REDUCTION // 9
+    x = np.full((1, 3, 5, channels), 255, dtype=np.uint8)
+    weight = np.full((16, 3, 3, channels), -127, dtype=np.int8)
+    weight[1::2] = 127
+    weight[2, :, :, ::3] = 0
+    bias = np.array([2**31 - 1, -(2**31)] * 8, dtype=np.int32)
+    mult, shift = quantize_multipliers(np.full(16, 2.0**-22))
+    for input_zero_point in (0, 255):
+        args = (x, weight, bias, input_zero_point, mult, shift, 128, 1, 1, 0, 255)
+        np.testing.assert_array_equal(kernels.get_backend(backend).conv2d(*args), REF.conv2d(*args))
 
 
 @pytest.mark.parametrize("act_kind", ["full", "relu", "range"])

@@ -52,7 +52,8 @@ CHILD = textwrap.dedent(
 
     for op in kernels.OPS:
         record(op, importlib.import_module(f"kernels.numba_backend.op_{op}"))
-    record("conv2d", importlib.import_module("kernels.numba_backend.vnni"))
+    for module in ("vnni", "avx2", "microkernel"):  # the SIMD conv rungs and their shared padding kernel
+        record("conv2d", importlib.import_module(f"kernels.numba_backend.{module}"))
 
     rng = np.random.default_rng(0)
     fast = kernels.get_backend("numba")
@@ -60,7 +61,9 @@ CHILD = textwrap.dedent(
     w = rng.integers(-127, 128, size=(4, 3, 3, 3), dtype=np.int8)
     m, s = quantize_multipliers([0.01, 0.02, 0.5, 1.5])
     fast.conv2d(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
-    kernels.get_backend("numba-portable").conv2d(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
+    for name in kernels.available_backends():  # every conv2d rung this CPU has
+        if name.startswith("numba-"):
+            kernels.get_backend(name).conv2d(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
     fast.linear(x.reshape(2, -1), rng.integers(-127, 128, size=(4, 108), dtype=np.int8), np.arange(4, dtype=np.int32), 3, m, s, 7, 0, 255)
     fast.add_round_half_up(x, x[::-1].copy(), 1, 1 << 30, -1, 2, 1 << 30, -2, 128, 0, 255)
     fast.avg_pool_round_half_up(x, 3, 1, 0, 1 << 30, -3, 0, 0, 255)
@@ -188,9 +191,11 @@ def test_ircheck_sees_through_the_numba_cache():
 
 def test_every_fast_path_was_inspected(ir_results):
     # fast paths taken only for some inputs (big tensors, VNNI CPUs) must be in the proof too
-    from kernels.numba_backend import vnni
+    from kernels.numba_backend import avx2, vnni
 
     expected = {"add_round_half_up:_add_vector_kernel", "conv2d:_conv2d_kernel"}
     if vnni.AVAILABLE:
         expected |= {"conv2d:_conv2d_vnni_kernel", "conv2d:_pad_input_kernel"}
+    if avx2.AVAILABLE:
+        expected |= {"conv2d:_conv2d_avx2_kernel", "conv2d:_pad_input_kernel"}
     assert expected <= set(ir_results), sorted(set(ir_results))

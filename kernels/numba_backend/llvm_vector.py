@@ -1,4 +1,4 @@
-"""LLVM IR helpers for the hand-vectorized kernels (VNNI conv2d, the residual add).
+"""LLVM IR helpers for the hand-vectorized kernels (the SIMD conv2d micro-kernels, the residual add).
 
 Vector types and operations here are generic LLVM IR (no target intrinsics): LLVM lowers a
 ``<16 x i64>`` add or multiply to whatever the host has (two zmm registers with AVX-512, more
@@ -14,6 +14,7 @@ I8 = ir.IntType(8)
 V16 = ir.VectorType(I32, 16)    # 16 x int32: one zmm register
 V16Q = ir.VectorType(I64, 16)   # 16 x int64: two zmm registers
 V16B = ir.VectorType(I8, 16)    # 16 x uint8: one xmm register
+I16 = ir.IntType(16)
 
 
 def array_data(context, builder, ty, value):
@@ -22,9 +23,10 @@ def array_data(context, builder, ty, value):
 
 
 def splat(builder, scalar, vty):
-    """A vector of type ``vty`` (16 lanes) with every lane equal to ``scalar``."""
+    """A vector of type ``vty`` with every lane equal to ``scalar``."""
     v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(V16, [0] * 16))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, vty.count),
+                                                                                 [0] * vty.count))
 
 
 def clamp(builder, v, lo, hi):

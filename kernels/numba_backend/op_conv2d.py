@@ -13,17 +13,19 @@ Design (portable, integer-only):
   loop LLVM vectorizes (``pmaddwd``-style int16 x int16 -> int32);
 * requantization through :func:`kernels.fixedpoint.requantize_round_half_up_scalar`.
 
-A CPU-specific micro-kernel (e.g. AVX-512 VNNI, uint8 x int8) would replace the
-patch + ``_row_dot`` stage: raw uint8 patches padded with ``input_zero_point``,
-then ``acc = sum(x * w) - input_zero_point * sum(w[o])``, the same integer.
+The SIMD rungs (:mod:`kernels.numba_backend.microkernel`: AVX2, AVX-512 VNNI) replace the
+patch + ``_row_dot`` stage with a register-blocked micro-kernel on the zero-point-padded input:
+``acc = sum(x * w) - input_zero_point * sum(w[o])``, the same integer.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from numba import njit, prange
 
 from kernels import checks
-from kernels.numba_backend import vnni
+from kernels.numba_backend import avx2, vnni
 from kernels.fixedpoint import requantize_round_half_up_scalar
 
 
@@ -73,34 +75,66 @@ def _conv2d_kernel(x, weight16, kernel_h, kernel_w, bias, input_zero_point, outp
                 out[n, oh, ow, o] = np.uint8(v)
 
 
-def conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-           output_zero_point, stride, padding, act_min, act_max, out=None):
-    """Quantized conv2d; see :func:`kernels.reference.conv2d` for the definition.
-
-    Runs the AVX-512 VNNI micro-kernel (:mod:`kernels.numba_backend.vnni`) where the
-    CPU has it, else the portable kernel; both give the reference's bits.
-    """
-    return _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                   output_zero_point, stride, padding, act_min, act_max, out, use_vnni=vnni.AVAILABLE)
+# The ladder, best first: each rung gives the reference's bits. INTENGINE_ISA caps it (tests force
+# every rung this CPU has); the older INTENGINE_DISABLE_VNNI=1 caps it below VNNI.
+RUNGS = ("vnni512", "avx2", "portable")
+_RUNG_AVAILABLE = {"vnni512": vnni.AVAILABLE, "avx2": avx2.AVAILABLE, "portable": True}
 
 
-def conv2d_portable(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                    output_zero_point, stride, padding, act_min, act_max, out=None):
-    """:func:`conv2d` forced onto the portable kernel (any x86-64 or ARM CPU)."""
-    return _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-                   output_zero_point, stride, padding, act_min, act_max, out, use_vnni=False)
+def available_rungs() -> tuple[str, ...]:
+    """The rungs this CPU can run, best first."""
+    return tuple(r for r in RUNGS if _RUNG_AVAILABLE[r])
+
+
+def _selected_rung() -> str:
+    cap = os.environ.get("INTENGINE_ISA", "auto").strip().lower() or "auto"
+    if cap != "auto" and cap not in RUNGS:
+        raise ValueError(f"INTENGINE_ISA must be one of auto, {', '.join(RUNGS)}; got {cap!r}")
+    if os.environ.get("INTENGINE_DISABLE_VNNI", "") not in ("", "0") and cap in ("auto", "vnni512"):
+        cap = "avx2"
+    allowed = RUNGS if cap == "auto" else RUNGS[RUNGS.index(cap):]
+    return next(r for r in allowed if _RUNG_AVAILABLE[r])
+
+
+SELECTED = _selected_rung()
+"""The rung :func:`conv2d` runs on this CPU (chosen once, at import)."""
+
+
+def _rung_conv2d(rung):
+    def conv2d_on_rung(x, weight, bias, input_zero_point, output_multiplier, output_shift,
+                       output_zero_point, stride, padding, act_min, act_max, out=None):
+        return _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
+                       output_zero_point, stride, padding, act_min, act_max, out, rung=rung)
+    conv2d_on_rung.__name__ = conv2d_on_rung.__qualname__ = f"conv2d_{rung}"
+    conv2d_on_rung.__doc__ = f":func:`conv2d` forced onto the {rung} rung (the reference's bits)."
+    return conv2d_on_rung
+
+
+conv2d = _rung_conv2d(SELECTED)
+conv2d.__name__ = conv2d.__qualname__ = "conv2d"
+conv2d.__doc__ = f"""Quantized conv2d; see :func:`kernels.reference.conv2d` for the definition.
+
+Runs the best rung of the ladder this CPU has (here: {SELECTED}); every rung gives the reference's bits."""
+conv2d_portable = _rung_conv2d("portable")
+conv2d_avx2 = _rung_conv2d("avx2")
+conv2d_vnni512 = _rung_conv2d("vnni512")
 
 
 def _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,
-            output_zero_point, stride, padding, act_min, act_max, out, use_vnni):
+            output_zero_point, stride, padding, act_min, act_max, out, rung):
+    if not _RUNG_AVAILABLE[rung]:
+        raise ValueError(f"this CPU cannot run the {rung} conv2d rung (available: {', '.join(available_rungs())})")
     (x, weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
      stride, padding, act_min, act_max, oh, ow) = checks.conv2d_args(
         x, weight, bias, input_zero_point, output_multiplier, output_shift,
         output_zero_point, stride, padding, act_min, act_max)
     n_out, kernel_h, kernel_w, channels = weight.shape
     out = checks.output_buffer(out, (x.shape[0], oh, ow, n_out), x)
-    if use_vnni:
+    if rung == "vnni512":
         return vnni.conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shift,
+                                output_zero_point, stride, padding, act_min, act_max, out)
+    if rung == "avx2":
+        return avx2.conv2d_avx2(x, weight, bias, input_zero_point, output_multiplier, output_shift,
                                 output_zero_point, stride, padding, act_min, act_max, out)
     weight16 = weight.reshape(n_out, kernel_h * kernel_w * channels).astype(np.int16)
     _conv2d_kernel(x, weight16, kernel_h, kernel_w, bias, input_zero_point, output_multiplier,

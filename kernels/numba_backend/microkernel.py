@@ -1,0 +1,358 @@
+"""The conv2d micro-kernel of the SIMD rungs (AVX2, AVX-512 VNNI), generated from an ISA description.
+
+One idea for every rung. A *tile* is ``P`` consecutive output pixels of one output row times
+``J * L`` output channels (``L`` int32 lanes per vector register). Each step broadcasts ``G``
+input channels of one pixel (one 32-bit word) to all lanes and multiplies them with ``G`` input
+channels of ``L`` output channels, accumulating ``G`` products per lane::
+
+    acc[p, j] += dot_G(bcast(x[pixel p, channels g..g+G)), w[block, kh, kw*Cp/G + g/G, j, 0..L, 0..G))
+
+over every kernel row ``kh`` and every ``(kw, channel group)`` of that row; the ``P * J``
+accumulators stay in registers for the whole reduction (phi nodes of both loops), then a fused
+epilogue requantizes, clamps and stores uint8 (``finish_tile``), or the sums go to a scratch
+tile for the scalar tail epilogue (``accumulate_tile``: tiles cut by the row end or channel count).
+
+The rungs differ only in the instruction and its operand types (:class:`Isa`):
+
+* ``vnni512``: ``vpdpbusd zmm`` -- uint8 x int8 in groups of 4, accumulating (L = 16, G = 4);
+  the padded input stays uint8.
+* ``avx2``: ``vpmaddwd ymm`` -- int16 x int16 in pairs (L = 8, G = 2), then ``vpaddd``. The
+  padding copy widens the input to int16 and the weights are stored as int16. (``vpmaddubsw``,
+  uint8 x int8 -> int16 pairs, would saturate: 255 * 127 * 2 = 64770 > 32767. int16 pairs cannot:
+  each pair sum is below 2^16.)
+
+Layouts (prepared per weight tensor and ISA, cached): input NHWC padded once per call with
+``input_zero_point`` to ``(N, H + 2p + slack, W + 2p, Cp)``, ``Cp = C`` rounded up to ``G`` (extra
+channels 0, meeting zero weights); weights ``[Ob][KH][KW*Cp/G][J][L][G]``, ``O`` padded to ``L*J``.
+
+Exactness. The micro-kernel sums ``x * w`` on raw input ``x`` (0..255); the zero-point term is
+folded into the bias: ``bias_eff[o] = bias[o] - zp * sum_k w[o, k]`` (kept in int64: it may leave
+int32). ``|sum x*w| <= 255 * 127 * K < 2^29`` for ``K <= kernels.checks.MAX_REDUCTION``, so no
+int32 lane wraps. Epilogue per lane, in int64: ``((sum + bias_eff) * M + 2^(t-1)) >> t`` with
+``t = 31 - shift``, evaluated as ``(sum * M + bias_term) >> t`` where ``bias_term = bias_eff * M +
+2^(t-1)`` is precomputed per channel (the same integer; ``|sum * M| < 2^60``, ``|bias_term| <
+2^63``), then ``+ output_zero_point`` and clamp -- the rule of :mod:`kernels.fixedpoint`, written
+in vector IR; the equivalence tests hold every rung to the reference's bits.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kernels.numba_backend.llvm_vector import I16, I32, I64, I8, array_data, clamp, splat, vector_ptr
+
+
+@dataclass(frozen=True)
+class Isa:
+    """One SIMD rung: the dot-product instruction and the operand layout it implies."""
+
+    name: str
+    lanes: int              # L: int32 accumulator lanes per vector register
+    group: int              # G: input channels multiplied per lane and step (one 32-bit word)
+    input_dtype: type       # the padded input buffer's element type
+    weight_dtype: type      # the packed weights' element type
+    registers: int          # vector registers: P*J accumulators + J weights + 2 temporaries fit
+    variants: tuple         # register blocks (P, J), preferred first
+
+    @property
+    def acc_type(self):
+        return ir.VectorType(I32, self.lanes)
+
+    def weight_vector_type(self):
+        return ir.VectorType(I8 if self.weight_dtype is np.int8 else I16, self.lanes * self.group)
+
+    def emit_dot(self, builder, acc, word, weights):
+        """``acc + dot_G(bcast(word), weights)`` per lane, for ``word`` an i32 of G packed inputs."""
+        if self.name == "vnni512":
+            vpdpbusd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(self.acc_type, [self.acc_type] * 3), "llvm.x86.avx512.vpdpbusd.512")
+            a = splat(builder, word, self.acc_type)
+            return builder.call(vpdpbusd, [acc, a, builder.bitcast(weights, self.acc_type)])
+        v16w = ir.VectorType(I16, 16)
+        vpmaddwd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.acc_type, [v16w, v16w]), "llvm.x86.avx2.pmadd.wd")
+        a = builder.bitcast(splat(builder, word, self.acc_type), v16w)
+        return builder.add(acc, builder.call(vpmaddwd, [a, weights]))
+
+
+VNNI512 = Isa("vnni512", lanes=16, group=4, input_dtype=np.uint8, weight_dtype=np.int8, registers=32,
+              variants=((4, 4), (8, 2), (7, 2), (16, 1), (8, 1), (7, 1)))
+# 16 ymm registers: P*J accumulators + J weight vectors + broadcast + product <= 16
+AVX2 = Isa("avx2", lanes=8, group=2, input_dtype=np.int16, weight_dtype=np.int16, registers=16,
+           variants=((2, 4), (4, 2), (6, 2), (8, 1), (7, 1), (4, 1)))
+for _isa in (VNNI512, AVX2):
+    assert all(p * j + j + 2 <= _isa.registers for p, j in _isa.variants), _isa.name
+
+
+def host_features() -> dict:
+    try:
+        from llvmlite import binding
+
+        return dict(binding.get_host_cpu_features())
+    except Exception:  # pragma: no cover - unusual llvmlite builds
+        return {}
+
+
+def _dot_loop(builder, isa, a_ptr, a_off, a_stride, a_row_stride, b_ptr, b_off, b_row_stride, k_steps, kernel_h,
+              P, J):
+    """Emit, from zero accumulators, ``for kh < kernel_h: for kk < k_steps: acc[p, j] = dot(acc[p, j],
+    a[a_off + kh*a_row_stride + p*a_stride + G*kk], b[b_off + kh*b_row_stride + (kk*J + j)*L*G])``
+    (offsets in elements of each array); return the accumulators."""
+    acc_t, b_t = isa.acc_type, isa.weight_vector_type()
+    step = isa.lanes * isa.group
+    zero = ir.Constant(acc_t, [0] * isa.lanes)
+    entry = builder.block
+    row_head = builder.append_basic_block("mk.row")
+    head = builder.append_basic_block("mk.head")
+    body = builder.append_basic_block("mk.body")
+    row_end = builder.append_basic_block("mk.rowend")
+    done = builder.append_basic_block("mk.done")
+    builder.branch(row_head)
+
+    builder.position_at_end(row_head)
+    kh = builder.phi(I64)
+    kh.add_incoming(ir.Constant(I64, 0), entry)
+    row_accs = []
+    for _ in range(P * J):
+        phi = builder.phi(acc_t)
+        phi.add_incoming(zero, entry)
+        row_accs.append(phi)
+    a_row = builder.add(a_off, builder.mul(kh, a_row_stride))
+    b_row0 = builder.add(b_off, builder.mul(kh, b_row_stride))
+    builder.cbranch(builder.icmp_signed("<", kh, kernel_h), head, done)
+
+    builder.position_at_end(head)
+    kk = builder.phi(I64)
+    kk.add_incoming(ir.Constant(I64, 0), row_head)
+    accs = []
+    for value in row_accs:
+        phi = builder.phi(acc_t)
+        phi.add_incoming(value, row_head)
+        accs.append(phi)
+    builder.cbranch(builder.icmp_signed("<", kk, k_steps), body, row_end)
+
+    builder.position_at_end(body)
+    b_row = builder.add(b_row0, builder.mul(kk, ir.Constant(I64, step * J)))
+    b_vecs = [builder.load(vector_ptr(builder, b_ptr, builder.add(b_row, ir.Constant(I64, step * j)), b_t), align=1)
+              for j in range(J)]
+    a_col = builder.add(a_row, builder.mul(kk, ir.Constant(I64, isa.group)))
+    updated = []
+    for p in range(P):
+        off = builder.add(a_col, builder.mul(ir.Constant(I64, p), a_stride))
+        word = builder.load(vector_ptr(builder, a_ptr, off, I32), align=1)
+        for j in range(J):
+            updated.append(isa.emit_dot(builder, accs[p * J + j], word, b_vecs[j]))
+    kk.add_incoming(builder.add(kk, ir.Constant(I64, 1)), builder.block)
+    for phi, value in zip(accs, updated):
+        phi.add_incoming(value, builder.block)
+    builder.branch(head)
+
+    builder.position_at_end(row_end)
+    kh.add_incoming(builder.add(kh, ir.Constant(I64, 1)), row_end)
+    for phi, value in zip(row_accs, accs):
+        phi.add_incoming(value, row_end)
+    builder.branch(row_head)
+
+    builder.position_at_end(done)
+    return row_accs
+
+
+def make_microkernels(isa: Isa, P: int, J: int):
+    """``(accumulate_tile, finish_tile)`` intrinsics for a ``P`` pixel x ``J*L`` channel tile of ``isa``."""
+    L = isa.lanes
+    acc_t = isa.acc_type
+    wide_t = ir.VectorType(I64, L)
+    byte_t = ir.VectorType(I8, L)
+
+    @intrinsic
+    def accumulate_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h,
+                        scratch, scratch_stride):
+        """scratch[p, L*j : L*j + L] = the tile's int32 sums over all kernel rows (see ``_dot_loop``)."""
+        sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h, scratch,
+                         scratch_stride)
+
+        def codegen(context, builder, signature, args):
+            a_, a_off_, a_stride_, a_rs_, b_, b_off_, b_rs_, ks_, kh_, s_, s_stride_ = args
+            ty = signature.args
+            a_ptr = array_data(context, builder, ty[0], a_)
+            b_ptr = array_data(context, builder, ty[4], b_)
+            s_ptr = array_data(context, builder, ty[9], s_)
+            accs = _dot_loop(builder, isa, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, ks_, kh_, P, J)
+            for p in range(P):
+                for j in range(J):
+                    off = builder.add(builder.mul(ir.Constant(I64, p), s_stride_), ir.Constant(I64, L * j))
+                    builder.store(accs[p * J + j], vector_ptr(builder, s_ptr, off, acc_t), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def finish_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h,
+                    out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
+                    output_zero_point, act_min, act_max):
+        """A full tile: all kernel rows, then requantize + clamp L channels at a time and store uint8."""
+        sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h,
+                         out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
+                         output_zero_point, act_min, act_max)
+
+        def codegen(context, builder, signature, args):
+            (a_, a_off_, a_stride_, a_rs_, b_, b_off_, b_rs_, ks_, kh_, o_, o_off_, o_stride_,
+             bias_, mult_, tshift_, ch0_, zp_, lo_, hi_) = args
+            ty = signature.args
+            a_ptr = array_data(context, builder, ty[0], a_)
+            b_ptr = array_data(context, builder, ty[4], b_)
+            o_ptr = array_data(context, builder, ty[9], o_)
+            bias_ptr = array_data(context, builder, ty[12], bias_)
+            mult_ptr = array_data(context, builder, ty[13], mult_)
+            tshift_ptr = array_data(context, builder, ty[14], tshift_)
+            accs = _dot_loop(builder, isa, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, ks_, kh_, P, J)
+            # clamp before adding the zero point, in int64: the requantized value may exceed int32
+            lo = splat(builder, builder.sub(lo_, zp_), wide_t)
+            hi = splat(builder, builder.sub(hi_, zp_), wide_t)
+            zp = splat(builder, zp_, wide_t)
+            for j in range(J):
+                ch = builder.add(ch0_, ir.Constant(I64, L * j))
+                # (sum + bias_eff) * M + 2^(t-1) == sum * M + bias_term: one multiply and one add per lane
+                bias_term = builder.load(vector_ptr(builder, bias_ptr, ch, wide_t), align=8)
+                mult = builder.sext(builder.load(vector_ptr(builder, mult_ptr, ch, acc_t), align=4), wide_t)
+                tshift = builder.load(vector_ptr(builder, tshift_ptr, ch, wide_t), align=8)
+                for p in range(P):
+                    acc = builder.sext(accs[p * J + j], wide_t)
+                    r = builder.ashr(builder.add(builder.mul(acc, mult), bias_term), tshift)
+                    r = clamp(builder, r, lo, hi)
+                    r = builder.trunc(builder.add(r, zp), byte_t)
+                    off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
+                                      ir.Constant(I64, L * j))
+                    builder.store(r, vector_ptr(builder, o_ptr, off, byte_t), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return accumulate_tile, finish_tile
+
+
+def choose_variant(isa: Isa, out_channels: int, out_width: int) -> int:
+    """Index into ``isa.variants``: widest channel block dividing O, preferring P that divides OW (no tail)."""
+    variants = isa.variants
+    fits = [i for i, (P, J) in enumerate(variants) if out_channels % (isa.lanes * J) == 0]
+    if not fits:  # channel tail handled by the scalar epilogue
+        fits = [min(range(len(variants)), key=lambda i: (variants[i][1], -variants[i][0]))]
+    for i in fits:
+        if out_width % variants[i][0] == 0:
+            return i
+    return fits[0]
+
+
+def max_tile(isa: Isa) -> int:
+    """int32 scratch elements of the largest tile of ``isa``."""
+    return max(P * J * isa.lanes for P, J in isa.variants)
+
+
+class PackedConvWeights:
+    """One conv layer's weights in ``isa``'s layout, with the folded bias and epilogue constants."""
+
+    def __init__(self, isa: Isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
+        n_out, kernel_h, kernel_w, channels = weight.shape
+        L, G = isa.lanes, isa.group
+        self.variant = choose_variant(isa, n_out, out_width)
+        self.tile_p, self.tile_j = isa.variants[self.variant]
+        tile_o = L * self.tile_j
+        self.padded_c = (channels + G - 1) // G * G
+        n_blocks = (n_out + tile_o - 1) // tile_o
+        o_pad = n_blocks * tile_o
+        w = np.zeros((o_pad, kernel_h, kernel_w, self.padded_c), dtype=isa.weight_dtype)
+        w[:n_out, :, :, :channels] = weight
+        k_steps = kernel_w * self.padded_c // G
+        # [Ob][J][L][KH][k_steps][G] -> [Ob][KH][k_steps][J][L][G]
+        self.packed = np.ascontiguousarray(
+            w.reshape(n_blocks, self.tile_j, L, kernel_h, k_steps, G).transpose(0, 3, 4, 1, 2, 5)).reshape(-1)
+        weight_sum = weight.reshape(n_out, -1).astype(np.int64).sum(axis=1)
+        self.bias_eff = np.zeros(o_pad, dtype=np.int64)  # bias - zp*sum(w) may leave int32
+        self.bias_eff[:n_out] = bias.astype(np.int64) - int(input_zero_point) * weight_sum
+        self.mult = np.zeros(o_pad, dtype=np.int32)
+        self.mult[:n_out] = output_multiplier
+        self.shift = np.zeros(o_pad, dtype=np.int32)
+        self.shift[:n_out] = output_shift
+        self.tshift = (31 - self.shift.astype(np.int64)).astype(np.int64)
+        # bias_eff * M + 2^(t-1): |bias_eff| < 2^31 + 2^29 and M < 2^31 keep it below 2^63 - 2^61
+        self.bias_term = self.bias_eff * self.mult.astype(np.int64) + np.left_shift(np.int64(1), self.tshift - 1)
+        self.kernel_h, self.kernel_w, self.n_out = kernel_h, kernel_w, n_out
+        self.k_steps = k_steps
+
+
+_PACK_CACHE: dict = {}
+_PACK_CACHE_MAX = 512
+
+
+def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
+    """:class:`PackedConvWeights`, cached per (isa, arrays, zero point, output width)."""
+    # Keyed on the arrays' identities. The entry keeps all four arrays alive, so no id in a live
+    # key can be reused by another array; the arrays are treated as immutable (the engine never
+    # writes them), so a hit means the same contents.
+    arrays = (weight, bias, output_multiplier, output_shift)
+    key = (isa.name,) + tuple(id(a) for a in arrays) + (int(input_zero_point), out_width)
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and all(kept is a for kept, a in zip(hit[0], arrays)):
+        return hit[1]
+    packed = PackedConvWeights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
+    if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
+        _PACK_CACHE.clear()
+    _PACK_CACHE[key] = (arrays, packed)
+    return packed
+
+
+@njit(cache=True, parallel=True)
+def _pad_input_kernel(x, input_zero_point, padding, xp):
+    # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way):
+    # zp border (and slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element
+    # inside/outside test cost as much as a small conv layer.
+    n_batch, height, width, channels = x.shape
+    zp = xp.dtype.type(input_zero_point)
+    for n in prange(n_batch):
+        for i in range(xp.shape[1]):
+            row = xp[n, i]
+            if i < padding or i >= padding + height:
+                row[:, :channels] = zp
+            else:
+                src = x[n, i - padding]
+                row[:padding, :channels] = zp
+                for w in range(width):
+                    for c in range(channels):
+                        row[padding + w, c] = src[w, c]
+                row[padding + width:, :channels] = zp
+            if channels < xp.shape[3]:
+                row[:, channels:] = 0
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(shape, dtype) -> np.ndarray:
+    """A scratch array for the padded input, reused by later calls of this thread.
+
+    Allocating a fresh multi-megabyte buffer per layer costs a page fault per 4 KiB on first
+    touch (about a fifth of a ResNet-20 forward at batch 400); the padded input is dead when
+    conv2d returns, so one growing byte buffer per thread serves every layer and dtype."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        _WORKSPACE.buf = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def pad_input(isa, x, input_zero_point, padding, tile_p, stride, padded_c) -> np.ndarray:
+    """The zero-point-padded input in ``isa``'s element type, with slack rows for the last tile."""
+    n_batch, height, width, _ = x.shape
+    padded_w = width + 2 * padding
+    # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
+    slack_rows = (tile_p * stride + padded_w - 1) // padded_w + 1
+    xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, padded_c), isa.input_dtype)
+    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
+    return xp
