@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # F.relu, not torch.relu: torch FX quantization fuses conv-bn-relu only for nn.ReLU / F.relu
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
@@ -28,10 +29,10 @@ class BasicBlock(nn.Module):
         self.shortcut = conv_bn(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
 
     def forward(self, x):
-        out = torch.relu(self.branch1(x))
+        out = F.relu(self.branch1(x))
         out = self.branch2(out)
         sc = x if self.shortcut is None else self.shortcut(x)
-        return torch.relu(out + sc)
+        return F.relu(out + sc)
 
 
 class Bottleneck(nn.Module):
@@ -48,11 +49,11 @@ class Bottleneck(nn.Module):
         self.shortcut = conv_bn(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
 
     def forward(self, x):
-        out = torch.relu(self.branch1(x))
-        out = torch.relu(self.branch2(out))
+        out = F.relu(self.branch1(x))
+        out = F.relu(self.branch2(out))
         out = self.branch3(out)
         sc = x if self.shortcut is None else self.shortcut(x)
-        return torch.relu(out + sc)
+        return F.relu(out + sc)
 
 
 class ResNet(nn.Module):
@@ -69,7 +70,7 @@ class ResNet(nn.Module):
         self.arch = arch
 
     def features(self, x):
-        x = torch.relu(self.stem(x))
+        x = F.relu(self.stem(x))
         if self.stem_pool:
             x = nn.functional.max_pool2d(x, 3, 2, 1)
         for stage in self.stages:

@@ -1,14 +1,23 @@
 """add_round_half_up, Numba backend: same signature and bits as :func:`kernels.reference.add_round_half_up`.
 
 Elementwise over the flattened tensors, parallel over chunks, 16 elements at a
-time in explicit ``<16 x i64>`` LLVM vector IR (:func:`_add16`: the reference
-formula lane by lane; LLVM lowers it to AVX-512 ``vpmullq``/``vpsraq`` where the
-CPU has them and to narrower instructions elsewhere), the remainder with the
-scalar formula.  Numba's auto-vectorizer leaves the scalar loop alone, and a
-256 x 256 result table is still a scalar lookup per element; the vector form
-is several times faster than either.  The two scaled terms are below 2^59 each
-(|a - zp| < 2^8, M < 2^31, relative shift <= 20), so the int64 sum and its
-rounding term (<= 2^61) cannot overflow.
+time in explicit LLVM vector IR (:func:`_add16`), the remainder with the scalar
+formula. The vector form evaluates the reference's integer lane by lane, arranged
+so that every CPU has cheap instructions for it:
+
+* ``(a - a_zp) * (Ma << ea)`` as ``((a - a_zp) * Ma) << ea``: both factors are
+  sign-extended int32, so the product is one ``vpmuldq`` (32 x 32 -> 64 bits,
+  AVX2 and AVX-512 alike) instead of a 64 x 64 multiply that AVX2 lacks;
+* the arithmetic shift ``(v + 2^(t-1)) >> t`` as a logical one on the
+  non-negative ``w = v + 2^(t-1) + 2^62``: ``w >> t`` (logical) equals
+  ``((v + 2^(t-1)) >> t) + 2^(62-t)`` exactly, since ``2^62`` is a multiple of ``2^t``
+  (``t <= 62``), and AVX2 has ``vpsrlq`` but no 64-bit ``vpsraq``.
+
+Bounds: each scaled term is below 2^59 (|a - zp| < 2^8, M < 2^31, relative shift
+<= 20), so |v| < 2^60, the rounding term is at most 2^61, and
+``0 < w < 2^62 + 2^60 + 2^61 < 2^63``: no int64 lane wraps. Numba's auto-vectorizer
+leaves the scalar loop alone, and a 256 x 256 result table is still a scalar lookup
+per element; the vector form is several times faster than either.
 """
 from __future__ import annotations
 
@@ -17,7 +26,9 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from kernels import checks
-from kernels.numba_backend.llvm_vector import V16B, V16Q, array_data, clamp, splat, vector_ptr
+from llvmlite import ir
+
+from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
 
 _CHUNK = 4096
 
@@ -36,23 +47,35 @@ def _add_one(av, bv, a_zero_point, a_scale, b_zero_point, b_scale, rounding, tot
 
 
 @intrinsic
-def _add16(typingctx, a, b, out, i, a_zero_point, a_scale, b_zero_point, b_scale, rounding, total_shift,
-           output_zero_point, act_min, act_max):
-    """out[i:i+16] = the formula of _add_one on a[i:i+16], b[i:i+16], in <16 x i64> lanes."""
-    sig = types.void(a, b, out, i, a_zero_point, a_scale, b_zero_point, b_scale, rounding, total_shift,
-                     output_zero_point, act_min, act_max)
+def _add16(typingctx, a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+           total_shift, output_zero_point, act_min, act_max):
+    """out[i:i+16] = the formula of _add_one on a[i:i+16], b[i:i+16] (see the module doc for the form)."""
+    sig = types.void(a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+                     total_shift, output_zero_point, act_min, act_max)
 
     def codegen(context, builder, signature, args):
         a_, b_, o_, i_ = args[:4]
-        azp, ascale, bzp, bscale, rnd, tshift, ozp, lo, hi = (splat(builder, v, V16Q) for v in args[4:])
+        azp, am, aexp, bzp, bm, bexp, tshift, ozp, lo, hi = args[4:]
         ty = signature.args
-        av = builder.zext(builder.load(vector_ptr(builder, array_data(context, builder, ty[0], a_), i_, V16B),
-                                       align=1), V16Q)
-        bv = builder.zext(builder.load(vector_ptr(builder, array_data(context, builder, ty[1], b_), i_, V16B),
-                                       align=1), V16Q)
-        v = builder.add(builder.mul(builder.sub(av, azp), ascale), builder.mul(builder.sub(bv, bzp), bscale))
-        r = builder.add(builder.ashr(builder.add(v, rnd), tshift), ozp)
-        r = builder.trunc(clamp(builder, r, lo, hi), V16B)
+
+        def scaled(arr, ty_arr, zp, multiplier, exp):
+            # ((x - zp) * M) << exp with both factors sign-extended int32: one vpmuldq per 4 lanes
+            x = builder.zext(builder.load(vector_ptr(builder, array_data(context, builder, ty_arr, arr), i_, V16B),
+                                          align=1), V16)
+            d = builder.sext(builder.sub(x, splat(builder, builder.trunc(zp, I32), V16)), V16Q)
+            m = builder.sext(splat(builder, builder.trunc(multiplier, I32), V16), V16Q)
+            return builder.shl(builder.mul(d, m), splat(builder, exp, V16Q))
+
+        v = builder.add(scaled(a_, ty[0], azp, am, aexp), scaled(b_, ty[1], bzp, bm, bexp))
+        # w = v + 2^(t-1) + 2^62 > 0; logical w >> t == ((v + 2^(t-1)) >> t) + 2^(62-t)
+        one = ir.Constant(I64, 1)
+        offset = builder.add(builder.shl(one, builder.sub(tshift, one)), ir.Constant(I64, 1 << 62))
+        w = builder.add(v, splat(builder, offset, V16Q))
+        r = builder.lshr(w, splat(builder, tshift, V16Q))
+        # back to the signed result, minus the offset's 2^(62-t), plus the output zero point, in one add
+        back = builder.sub(ozp, builder.shl(one, builder.sub(ir.Constant(I64, 62), tshift)))
+        r = builder.add(r, splat(builder, back, V16Q))
+        r = builder.trunc(clamp(builder, r, splat(builder, lo, V16Q), splat(builder, hi, V16Q)), V16B)
         builder.store(r, vector_ptr(builder, array_data(context, builder, ty[2], o_), i_, V16B), align=1)
         return context.get_dummy_value()
 
@@ -60,19 +83,22 @@ def _add16(typingctx, a, b, out, i, a_zero_point, a_scale, b_zero_point, b_scale
 
 
 @njit(cache=True, parallel=True)
-def _add_vector_kernel(a, b, a_zero_point, a_scale, b_zero_point, b_scale, total_shift,
+def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
                        output_zero_point, act_min, act_max, out):
-    # a, b, out (size,) uint8; chunks are multiples of 16, so only the last one has a scalar tail
+    # a, b, out (size,) uint8; chunks are multiples of 16, so only the last one has a scalar tail;
+    # a_exp = a_shift - smin and b_exp = b_shift - smin in [0, 20], total_shift = 31 - smin
     size = a.shape[0]
     rounding = np.int64(1) << (total_shift - np.int64(1))
+    a_scale = np.int64(a_multiplier) << a_exp
+    b_scale = np.int64(b_multiplier) << b_exp
     n_chunks = (size + _CHUNK - 1) // _CHUNK
     for chunk in prange(n_chunks):
         start = chunk * _CHUNK
         stop = min(size, start + _CHUNK)
         i = start
         while i + 16 <= stop:
-            _add16(a, b, out, np.int64(i), a_zero_point, a_scale, b_zero_point, b_scale, rounding, total_shift,
-                   output_zero_point, act_min, act_max)
+            _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+                   total_shift, output_zero_point, act_min, act_max)
             i += 16
         for k in range(i, stop):
             out[k] = _add_one(a[k], b[k], a_zero_point, a_scale, b_zero_point, b_scale, rounding,
@@ -88,7 +114,7 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
         output_zero_point, act_min, act_max)
     smin = min(a_shift, b_shift)
     out = checks.output_buffer(out, a.shape, a, b)
-    _add_vector_kernel(a.reshape(-1), b.reshape(-1), a_zero_point, a_multiplier << (a_shift - smin),
-                b_zero_point, b_multiplier << (b_shift - smin), 31 - smin,
-                output_zero_point, act_min, act_max, out.reshape(-1))
+    _add_vector_kernel(a.reshape(-1), b.reshape(-1), a_zero_point, a_multiplier, a_shift - smin,
+                       b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
+                       output_zero_point, act_min, act_max, out.reshape(-1))
     return out
