@@ -204,3 +204,34 @@ def test_ircheck_would_catch_a_float():
 
 def test_fail_is_int32_min():
     assert FAIL == np.iinfo(np.int32).min
+
+
+@pytest.mark.parametrize("method", ["table", "cks"])
+def test_long_rows_split_into_units_without_changing_a_bit(method):
+    # rows longer than SPAN run as several work units (a one-sample call uses every thread);
+    # an odd length crossing two unit borders must equal the unsplit per-coordinate definition
+    from kernels.sampler.params import SPAN
+    from kernels.sampler.philox import seed_to_key, stream_word
+    from kernels.sampler.table import table_fill_np
+
+    sq = Fraction(9, 1)
+    d = 2 * SPAN + 3 if method == "table" else SPAN + 3
+    one_row = sample_discrete_gaussian(sq, d, 11, method=method)
+    two_rows = sample_discrete_gaussian(sq, (2, d), 11, method=method)
+    np.testing.assert_array_equal(one_row, two_rows[0])
+    if method == "table":
+        sampler = make_sampler(sq, "table")
+        want, _ = table_fill_np(sampler.table, seed_to_key(11), stream_word(0), 0, 0, 2, d)
+        np.testing.assert_array_equal(two_rows, want)
+    else:  # coordinate j depends on j alone: the head of a long row is a short row
+        np.testing.assert_array_equal(one_row[:7], sample_discrete_gaussian(sq, 7, 11, method=method))
+    assert len(np.unique(one_row[-SPAN:])) > 5  # the last unit was filled, not left empty
+
+
+def test_failed_flags_are_reduced_over_units():
+    from kernels.sampler.params import failed_rows
+
+    bad = np.array([[0, 0, 1], [0, 0, 0], [1, 0, 0]], dtype=np.uint8)
+    failed = np.full(3, 7, dtype=np.uint8)
+    failed_rows(bad, failed)
+    np.testing.assert_array_equal(failed, [1, 0, 1])

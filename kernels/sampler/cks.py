@@ -67,7 +67,7 @@ from math import isqrt
 import numpy as np
 from numba import njit, prange
 
-from kernels.sampler.params import FAIL, as_sigma_sq, clip_add, floor_sigma
+from kernels.sampler.params import FAIL, SPAN, as_sigma_sq, clip_add, failed_rows, floor_sigma, unit_span as _span
 from kernels.sampler.philox import BLOCK_BITS, philox4x32_10, philox4x32_10_py
 
 S_MAX = isqrt((1 << 63) - 1)  # 3037000499
@@ -357,32 +357,40 @@ def cks_fill_numba(k0, k1, c3, image_index, sample_start, num, den, t, y_max, b_
     int64: ``num, den, t, y_max, b_acc``.
     """
     B, d = out.shape
-    for i in prange(B):
+    spans = max(1, (d + SPAN - 1) // SPAN)  # units of one sample x at most SPAN coordinates (params.py)
+    bad = np.zeros((B, spans), dtype=np.uint8)
+    for task in prange(B * spans):
+        i, k, j0, j1 = _span(task, spans, d)
         st = np.empty(STATE_SIZE, dtype=np.uint64)
         s = sample_start + np.uint64(i)
-        bad = False
-        for j in range(d):
+        hit = False
+        for j in range(j0, j1):
             _start(st, np.uint64(j), s, image_index, c3, k0, k1, block_limit)
             v = _discrete_gaussian(st, num, den, t, y_max, b_acc)
-            bad |= v == np.int32(FAIL)
+            hit |= v == np.int32(FAIL)
             out[i, j] = v
-        failed[i] = np.uint8(1) if bad else np.uint8(0)
+        bad[i, k] = np.uint8(1) if hit else np.uint8(0)
+    failed_rows(bad, failed)
 
 
 @njit(cache=True, parallel=True)
 def cks_add_noise_clip_numba(k0, k1, c3, image_index, sample_start, x, num, den, t, y_max, b_acc, block_limit, out, failed):
     """Numba fused noise: ``out[i, j] = clip(x[j] + n[i, j], 0, 255)`` uint8 (a FAIL coordinate gets 0)."""
     B, d = out.shape
-    for i in prange(B):
+    spans = max(1, (d + SPAN - 1) // SPAN)  # units of one sample x at most SPAN coordinates (params.py)
+    bad = np.zeros((B, spans), dtype=np.uint8)
+    for task in prange(B * spans):
+        i, k, j0, j1 = _span(task, spans, d)
         st = np.empty(STATE_SIZE, dtype=np.uint64)
         s = sample_start + np.uint64(i)
-        bad = False
-        for j in range(d):
+        hit = False
+        for j in range(j0, j1):
             _start(st, np.uint64(j), s, image_index, c3, k0, k1, block_limit)
             v = _discrete_gaussian(st, num, den, t, y_max, b_acc)
-            bad |= v == np.int32(FAIL)
+            hit |= v == np.int32(FAIL)
             out[i, j] = clip_add(x[j], v)
-        failed[i] = np.uint8(1) if bad else np.uint8(0)
+        bad[i, k] = np.uint8(1) if hit else np.uint8(0)
+    failed_rows(bad, failed)
 
 
 @njit(cache=True)

@@ -90,3 +90,27 @@ def clip_add(x, v):
     y = max(y, np.int64(0))
     y = min(y, np.int64(255))
     return np.uint8(y)
+
+
+# Work units of one sample x at most SPAN coordinates (even: a unit starts on a Philox pair).
+# A one-sample call with millions of coordinates spreads over every thread like a (B, d) one,
+# each unit's uniform buffer stays in L1/L2, and since noise is keyed by (coordinate, sample),
+# the split changes no bit.
+SPAN = 4096
+
+
+@njit(cache=True, inline="always")
+def unit_span(task, spans, d):
+    """(sample i, unit k, first coordinate, end coordinate) of work unit ``task``."""
+    i = task // spans
+    j0 = (task - i * spans) * SPAN
+    return i, task - i * spans, j0, min(d, j0 + SPAN)
+
+
+@njit(cache=True)
+def failed_rows(bad, failed):
+    """failed[i] = 1 if any unit of sample i hit the failure bin (bad: uint8 (B, spans))."""
+    for i in range(failed.shape[0]):
+        failed[i] = np.uint8(0)
+        for k in range(bad.shape[1]):
+            failed[i] |= bad[i, k]

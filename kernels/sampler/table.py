@@ -71,7 +71,7 @@ from math import isqrt
 import numpy as np
 from numba import njit, prange
 
-from kernels.sampler.params import FAIL, as_sigma_sq, ceil_multiple_of_sigma, clip_add
+from kernels.sampler.params import FAIL, SPAN, as_sigma_sq, ceil_multiple_of_sigma, clip_add, failed_rows, unit_span as _span
 from kernels.sampler.philox import philox4x32_10, philox4x32_10_np
 
 WEIGHT_BITS = 64
@@ -259,14 +259,14 @@ def _lookup(u, threshold, primary, alias, shift, rmask):
 
 
 @njit(cache=True, inline="always")
-def _uniforms(k0, k1, c3, image_index, s, u):
-    """u uint64 (2 * pairs,) <- the uniform words of sample ``s``, coordinates 0 .. 2 * pairs - 1.
+def _uniforms(k0, k1, c3, image_index, s, p0, u):
+    """u uint64 (2 * pairs,) <- the uniform words of sample ``s``, coordinates 2*p0 .. 2*p0 + 2*pairs - 1.
 
     A straight-line loop over counters: LLVM vectorizes Philox across coordinates
     (AVX2 / AVX-512 32 x 32 -> 64 bit multiplies), the same bits as the scalar code.
     """
     for p in range(u.shape[0] // 2):
-        w0, w1, w2, w3 = philox4x32_10(np.uint64(p), s, image_index, c3, k0, k1)
+        w0, w1, w2, w3 = philox4x32_10(p0 + np.uint64(p), s, image_index, c3, k0, k1)
         u[2 * p] = (w1 << _U32) | w0
         u[2 * p + 1] = (w3 << _U32) | w2
 
@@ -278,27 +278,35 @@ def table_fill_numba(k0, k1, c3, image_index, sample_start, threshold, primary, 
     ``k0, k1, c3, image_index, sample_start, shift, rmask``: uint64 scalars.
     """
     B, d = out.shape
-    for i in prange(B):
-        u = np.empty(2 * ((d + 1) // 2), dtype=np.uint64)
-        _uniforms(k0, k1, c3, image_index, sample_start + np.uint64(i), u)
-        bad = False
-        for j in range(d):
-            v = _lookup(u[j], threshold, primary, alias, shift, rmask)
-            bad |= v == _FAIL32
+    spans = max(1, (d + SPAN - 1) // SPAN)
+    bad = np.zeros((B, spans), dtype=np.uint8)
+    for task in prange(B * spans):
+        i, k, j0, j1 = _span(task, spans, d)
+        u = np.empty(2 * ((j1 - j0 + 1) // 2), dtype=np.uint64)
+        _uniforms(k0, k1, c3, image_index, sample_start + np.uint64(i), np.uint64(j0 // 2), u)
+        hit = False
+        for j in range(j0, j1):
+            v = _lookup(u[j - j0], threshold, primary, alias, shift, rmask)
+            hit |= v == _FAIL32
             out[i, j] = v
-        failed[i] = np.uint8(1) if bad else np.uint8(0)
+        bad[i, k] = np.uint8(1) if hit else np.uint8(0)
+    failed_rows(bad, failed)
 
 
 @njit(cache=True, parallel=True)
 def table_add_noise_clip_numba(k0, k1, c3, image_index, sample_start, x, threshold, primary, alias, shift, rmask, out, failed):
     """Numba fused noise: ``out[i, j] = clip(x[j] + n[i, j], 0, 255)`` uint8; a FAIL coordinate gets 0."""
     B, d = out.shape
-    for i in prange(B):
-        u = np.empty(2 * ((d + 1) // 2), dtype=np.uint64)
-        _uniforms(k0, k1, c3, image_index, sample_start + np.uint64(i), u)
-        bad = False
-        for j in range(d):
-            v = _lookup(u[j], threshold, primary, alias, shift, rmask)
-            bad |= v == _FAIL32
+    spans = max(1, (d + SPAN - 1) // SPAN)
+    bad = np.zeros((B, spans), dtype=np.uint8)
+    for task in prange(B * spans):
+        i, k, j0, j1 = _span(task, spans, d)
+        u = np.empty(2 * ((j1 - j0 + 1) // 2), dtype=np.uint64)
+        _uniforms(k0, k1, c3, image_index, sample_start + np.uint64(i), np.uint64(j0 // 2), u)
+        hit = False
+        for j in range(j0, j1):
+            v = _lookup(u[j - j0], threshold, primary, alias, shift, rmask)
+            hit |= v == _FAIL32
             out[i, j] = clip_add(x[j], v)
-        failed[i] = np.uint8(1) if bad else np.uint8(0)
+        bad[i, k] = np.uint8(1) if hit else np.uint8(0)
+    failed_rows(bad, failed)
