@@ -1,54 +1,70 @@
-"""Certification throughput, side by side: intengine vs float32 torch (Cohen et al.), torch int8, ONNX Runtime.
+"""Certification throughput, side by side, each peer configured as its own documentation recommends.
 
-One command, same machine, same weights where the peer can use them; microseconds per noisy sample
-*including noise generation*, and ratios to intengine:
+Microseconds per noisy sample *including noise generation*, on the same machine, in one run:
 
-* ``intengine``       -- integer table sampler + ``add_noise_clip`` + numba engine (VNNI conv where available);
-                         the sampler's share is timed separately. Validated first: the numba classes equal
-                         the reference backend's on the same noisy batch.
+* ``intengine``       -- table sampler + fused ``add_noise_clip`` + the numba engine (the conv2d rung this
+                         CPU selects: AVX-512 VNNI, AVX2 or portable). Validated first: the classes equal the
+                         reference backend's on the same noisy batch.
 * ``floatrs-eager``   -- Cohen et al.'s CERTIFY loop: ``x.repeat``, ``randn_like * sigma``, float32 NCHW eager.
 * ``floatrs-tuned``   -- the same in channels_last under ``torch.inference_mode``.
-* ``torch-int8``      -- FloatRS-quant: float Gaussian noise, then torch's own int8 model (FX post-training
-                         quantization, x86 backend).
-* ``onnxruntime``     -- the engine's model exported to ONNX (QLinearConv ...), integer noise from our sampler.
+* ``torch-int8-fx``   -- torch's int8 path as its docs recommend: FX graph-mode post-training quantization,
+                         x86 backend, conv-bn-relu fused (the float model uses ``F.relu``); the converted graph
+                         is checked to hold exactly one quantize and one dequantize (no float islands).
+                         Float noise, as torch's int8 models take float input.
+* ``openvino``        -- the engine's model as standard QDQ ONNX (``export.onnx_export.export_qdq``, float NCHW
+                         input) on OpenVINO's CPU plugin with the THROUGHPUT hint and an ``AsyncInferQueue`` of
+                         the plugin's optimal number of requests (the documented way to fill every core), and
+                         with the LATENCY hint on one request; the faster is reported. Integer noise from our
+                         sampler (scaled to [0, 1], as the export's float input expects).
+* ``onnxruntime``     -- the same QDQ model (uint8 NHWC input; weights as uint8 with zero point 128, the
+                         layout MLAS runs fastest on AVX2 CPUs) with all graph optimizations (the default,
+                         ``ORT_ENABLE_ALL``), intra-op threads = the run's threads.
 
-Each peer runs in its own process (its own threads setting and peak RSS). ResNet-20 uses the shipped
-model file; ResNet-50 (224x224, 1000 classes) is built with random weights and calibrated observers,
-since speed does not depend on the weight values.
+Each peer reports what it executed: the conv2d rung (intengine), the oneDNN primitives of one forward
+(``torch.backends.mkldnn.verbose``; none means FBGEMM ran), OpenVINO's runtime model (convolution
+primitive types and precisions), ONNX Runtime's optimized graph (op types).
 
-    python benchmarks/certify_speed.py                       # both models, all peers
-    python benchmarks/certify_speed.py --models resnet20 --seconds 3
+Protocol: every peer runs in its own long-lived process (its own threads setting and peak RSS). After all
+are set up, rounds are interleaved: round r runs peer 1, 2, ... for ``--seconds`` each, while the others
+wait idle. Reported: the fastest batch and the median batch over all rounds. Then the same rounds run
+beside one background busy process (``--loaded``, default on), and each peer's loaded/idle throughput
+is reported. ResNet-20 uses the shipped model file; ResNet-50 (224x224, 1000 classes) is built with
+random weights and calibrated observers (speed does not depend on the weight values).
+
+    python benchmarks/certify_speed.py                                  # both models, all peers
+    python benchmarks/certify_speed.py --models resnet20 --rounds 3 --seconds 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PEERS = ("intengine", "floatrs-eager", "floatrs-tuned", "torch-int8", "onnxruntime")
+PEERS = ("intengine", "floatrs-eager", "floatrs-tuned", "torch-int8-fx", "openvino", "onnxruntime")
 DEFAULT_R20 = REPO / "models" / "resnet20_sigma0.25.int8"
 
 
 # ----------------------------------------------------------------------------- workers
 
-def _timed(step, seconds: float, batch: int) -> float:
-    """Microseconds per sample of ``step()`` (one batch), after one warm-up call, for >= ``seconds``."""
-    step()
-    done, start = 0, time.perf_counter()
+def _batch_times(step, seconds: float) -> list[float]:
+    """Seconds of each ``step()`` call (one batch) for at least ``seconds`` and two batches."""
+    times, start = [], time.perf_counter()
     while True:
+        t = time.perf_counter()
         step()
-        done += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and done >= 2:
-            return elapsed / (done * batch) * 1e6
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start >= seconds and len(times) >= 2:
+            return times
 
 
 def _example_image(shape, seed=0):
@@ -57,42 +73,70 @@ def _example_image(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
 
 
-def worker_intengine(model_path, batch, seconds, validate):
+class _CaptureStdout:
+    """Capture what native code writes to file descriptor 1 (oneDNN's verbose lines)."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(1)
+        os.dup2(self._file.fileno(), 1)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+
+
+def _sampler_for(model, batch):
     import numpy as np
 
-    import intengine
-    from kernels.numba_backend import vnni
     from kernels.sampler import make_sampler, sigma_sq_from_sigma
 
-    model = intengine.load_model(model_path)
     h, w, c = model.input_shape
-    d = h * w * c
     x = _example_image((h, w, c)).reshape(-1)
     sampler = make_sampler(sigma_sq_from_sigma(model.sigma), "table")
-    noisy = np.empty((batch, d), np.uint8)
+    noisy = np.empty((batch, h * w * c), np.uint8)
     failed = np.empty(batch, np.uint8)
     state = {"start": 0}
 
     def sample():
         sampler.add_noise_clip(x, 1234, 1, 0, state["start"], noisy, failed)
-        state["start"] += batch
+        state["start"] = (state["start"] + batch) % (1 << 31)
+        return noisy.reshape(batch, h, w, c)
+
+    return sample
+
+
+def setup_intengine(args):
+    import numba
+
+    import intengine
+    from kernels.numba_backend import op_conv2d
+
+    model = intengine.load_model(args.model_path)
+    batch = args.batch
+    sample = _sampler_for(model, batch)
+    k = args.validate
+    if k:
+        noisy = sample()[:k]
+        fast, ref = model.classify(noisy, backend="numba"), model.classify(noisy, backend="reference")
+        if not (fast == ref).all():
+            raise SystemExit(f"validation failed: numba and reference classes differ on {(fast != ref).sum()}/{k}")
 
     def step():
-        sample()
-        model.classify(noisy.reshape(batch, h, w, c), backend="numba")
+        model.classify(sample(), backend="numba")
 
-    agree = None
-    if validate:
-        k = validate
-        sampler.add_noise_clip(x, 99, 1, 0, 0, noisy[:k], failed[:k])
-        fast = model.classify(noisy[:k].reshape(k, h, w, c), backend="numba")
-        ref = model.classify(noisy[:k].reshape(k, h, w, c), backend="reference")
-        agree = int((fast == ref).sum())
-        if agree != k:
-            raise SystemExit(f"validation failed: numba and reference classes differ on {k - agree}/{k} samples")
-    total = _timed(step, seconds, batch)
-    sampling = _timed(sample, max(1.0, seconds / 3), batch)
-    return {"us": total, "sampler_us": sampling, "validated": agree, "vnni": bool(vnni.AVAILABLE)}
+    step()  # compile, pack weights, size the buffers
+    sampling = statistics.median(_batch_times(sample, 1.0)) / batch * 1e6
+    executed = (f"conv2d rung {op_conv2d.SELECTED} (available: {', '.join(op_conv2d.available_rungs())}), "
+                f"numba {numba.threading_layer()} threads; sampler {sampling:.1f} us/sample; "
+                f"validated {k}/{k} vs reference")
+    return step, executed
 
 
 def _float_net(arch):
@@ -105,27 +149,45 @@ def _float_net(arch):
     return net.eval()
 
 
-def worker_floatrs(arch, batch, seconds, sigma, tuned):
+def _onednn_summary(fn) -> str:
+    """Which oneDNN primitives one call of ``fn`` executed ("none" means torch ran FBGEMM or ATen code)."""
     import torch
 
-    net = _float_net(arch)
-    size = 32 if arch == "resnet20" else 224
+    with _CaptureStdout() as cap, torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        fn()
+    counts = Counter()
+    for line in cap.text.splitlines():
+        parts = line.split(",")
+        if line.startswith("onednn_verbose") and "exec" in parts and len(parts) > 6:
+            i = parts.index("exec")
+            counts[f"{parts[i + 2]}:{parts[i + 3]}"] += 1
+    if not counts:
+        return "oneDNN: no primitives (FBGEMM / ATen kernels)"
+    return "oneDNN " + ", ".join(f"{k} x{v}" for k, v in counts.most_common(4))
+
+
+def setup_floatrs(args, tuned):
+    import torch
+
+    net = _float_net(args.arch)
+    size = 32 if args.arch == "resnet20" else 224
     x = torch.from_numpy(_example_image((size, size, 3))).permute(2, 0, 1).float().div(255).unsqueeze(0)
     if tuned:
         net = net.to(memory_format=torch.channels_last)
+    batch, sigma = args.batch, args.sigma
 
     def step():
         with torch.inference_mode() if tuned else torch.no_grad():
             b = x.repeat(batch, 1, 1, 1)
             if tuned:
                 b = b.contiguous(memory_format=torch.channels_last)
-            noise = torch.randn_like(b) * sigma
-            net(b + noise).argmax(1)
+            net(b + torch.randn_like(b) * sigma).argmax(1)
 
-    return {"us": _timed(step, seconds, batch)}
+    step()
+    return step, "float32 " + _onednn_summary(step)
 
 
-def worker_torch_int8(arch, batch, seconds, sigma):
+def setup_torch_int8_fx(args):
     import warnings
 
     import torch
@@ -135,75 +197,162 @@ def worker_torch_int8(arch, batch, seconds, sigma):
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
-    net = _float_net(arch)
-    size = 32 if arch == "resnet20" else 224
-    example = torch.rand(4, 3, size, size)
-    prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), example_inputs=(example,))
+    net = _float_net(args.arch)
+    size = 32 if args.arch == "resnet20" else 224
+    prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), example_inputs=(torch.rand(4, 3, size, size),))
     with torch.no_grad():
         for _ in range(4):
             prepared(torch.rand(8, 3, size, size))
     qnet = convert_fx(prepared)
+    # FX's own check that the whole network is integer: one quantize at the input, one dequantize at the end
+    targets = Counter(str(n.target) for n in qnet.graph.nodes if n.op in ("call_function", "call_method"))
+    quantizes = sum(v for k, v in targets.items() if "quantize_per_tensor" in k)
+    dequantizes = sum(v for k, v in targets.items() if "dequantize" in k)
+    if (quantizes, dequantizes) != (1, 1):
+        raise SystemExit(f"torch FX left float islands: {quantizes} quantize / {dequantizes} dequantize nodes")
     x = torch.from_numpy(_example_image((size, size, 3))).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    batch, sigma = args.batch, args.sigma
 
     def step():
         with torch.inference_mode():
             b = x.repeat(batch, 1, 1, 1)
             qnet(b + torch.randn_like(b) * sigma).argmax(1)
 
-    return {"us": _timed(step, seconds, batch)}
+    step()
+    return step, f"FX graph: 1 quantize + 1 dequantize; engine x86; {_onednn_summary(step)}"
 
 
-def worker_onnxruntime(model_path, batch, seconds, threads):
+def setup_openvino(args):
     import numpy as np
+    import openvino as ov
+
+    import intengine
+    from export.onnx_export import export_qdq
+
+    model = intengine.load_model(args.model_path)
+    batch = args.batch
+    h, w, c = model.input_shape
+    tmp = tempfile.mkdtemp()
+    onnx_path = export_qdq(args.model_path, os.path.join(tmp, "model.onnx"), input_layout="float-nchw")
+    core = ov.Core()
+    ov_model = core.read_model(str(onnx_path))
+    ov_model.reshape([batch, c, h, w])
+    threads = {"INFERENCE_NUM_THREADS": args.threads}
+    compiled = {
+        "throughput": core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **threads}),
+        "latency": core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **threads}),
+    }
+    sample = _sampler_for(model, batch)
+
+    def float_input():
+        return np.ascontiguousarray(sample().transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1 / 255)
+
+    # THROUGHPUT: the plugin's optimal number of requests, each on a slice of the batch (async)
+    cm = compiled["throughput"]
+    n_req = max(1, min(batch, cm.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    bounds = np.linspace(0, batch, n_req + 1).astype(int)
+    sliced = []
+    for i in range(n_req):
+        sub = ov_model.clone()
+        sub.reshape([int(bounds[i + 1] - bounds[i]), c, h, w])
+        sliced.append(core.compile_model(sub, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **threads}))
+    requests = [m.create_infer_request() for m in sliced]
+
+    def step_throughput():
+        x = float_input()
+        for i, req in enumerate(requests):
+            req.start_async({0: x[bounds[i]:bounds[i + 1]]})
+        for req in requests:
+            req.wait()
+        return [np.argmax(req.get_output_tensor(0).data, axis=1) for req in requests]
+
+    latency_request = compiled["latency"].create_infer_request()
+
+    def step_latency():
+        return np.argmax(latency_request.infer({0: float_input()})[0], axis=1)
+
+    timings = {}
+    for name, fn in (("throughput", step_throughput), ("latency", step_latency)):
+        fn()
+        timings[name] = min(_batch_times(fn, 1.0))
+    best = min(timings, key=timings.get)
+    step = step_throughput if best == "throughput" else step_latency
+    runtime = (sliced[0] if best == "throughput" else compiled["latency"]).get_runtime_model()
+    convs = Counter()
+    for op in runtime.get_ordered_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"]) == "Convolution":
+            convs[f"{info['primitiveType']} ({info['runtimePrecision']})"] += 1
+    executed = (f"{best} hint ({n_req} async requests)" if best == "throughput" else "latency hint (1 request)")
+    executed += f"; version {ov.get_version().split('-')[0]}; convolutions: " + ", ".join(
+        f"{k} x{v}" for k, v in convs.most_common())
+    return step, executed
+
+
+def setup_onnxruntime(args):
+    import numpy as np
+    import onnx
     import onnxruntime as ort
 
     import intengine
-    from export.onnx_export import export_onnx
-    from kernels.sampler import make_sampler, sigma_sq_from_sigma
+    from export.onnx_export import export_qdq
 
-    model = intengine.load_model(model_path)
-    h, w, c = model.input_shape
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = os.path.join(tmp, "model.onnx")
-        export_onnx(model_path, onnx_path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    model = intengine.load_model(args.model_path)
+    tmp = tempfile.mkdtemp()
+    onnx_path = export_qdq(args.model_path, os.path.join(tmp, "model.onnx"), weight_type="uint8")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    x = _example_image((h, w, c)).reshape(-1)
-    sampler = make_sampler(sigma_sq_from_sigma(model.sigma), "table")
-    noisy = np.empty((batch, h * w * c), np.uint8)
-    failed = np.empty(batch, np.uint8)
+    sample = _sampler_for(model, args.batch)
 
     def step():
-        sampler.add_noise_clip(x, 1234, 1, 0, 0, noisy, failed)
-        logits = session.run(None, {name: noisy.reshape(batch, h, w, c)})[0]
-        np.argmax(logits, axis=1)
+        np.argmax(session.run(None, {name: sample()})[0], axis=1)
 
-    return {"us": _timed(step, seconds, batch)}
+    step()
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    executed = (f"onnxruntime {ort.__version__}, CPUExecutionProvider, optimized graph: "
+                + ", ".join(f"{k} x{v}" for k, v in ops.most_common(5)))
+    return step, executed
+
+
+SETUP = {
+    "intengine": setup_intengine,
+    "floatrs-eager": lambda a: setup_floatrs(a, tuned=False),
+    "floatrs-tuned": lambda a: setup_floatrs(a, tuned=True),
+    "torch-int8-fx": setup_torch_int8_fx,
+    "openvino": setup_openvino,
+    "onnxruntime": setup_onnxruntime,
+}
 
 
 def worker_main(args) -> None:
+    """Set the peer up, print READY, then time one round per ``round SECONDS`` line on stdin."""
     import resource
 
-    if args.peer in ("floatrs-eager", "floatrs-tuned", "torch-int8"):
-        import torch
+    if args.peer != "intengine":
+        try:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    if args.peer == "intengine":
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    else:
         import numba
 
         numba.set_num_threads(args.threads)
-        result = worker_intengine(args.model_path, args.batch, args.seconds, args.validate)
-    elif args.peer in ("floatrs-eager", "floatrs-tuned"):
-        result = worker_floatrs(args.arch, args.batch, args.seconds, args.sigma, args.peer == "floatrs-tuned")
-    elif args.peer == "torch-int8":
-        result = worker_torch_int8(args.arch, args.batch, args.seconds, args.sigma)
-    else:
-        result = worker_onnxruntime(args.model_path, args.batch, args.seconds, args.threads)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result))
+    step, executed = SETUP[args.peer](args)
+    print("READY " + json.dumps({"executed": executed}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] != "round":
+            break
+        times = _batch_times(step, float(cmd[1]))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("ROUND " + json.dumps({"batch_seconds": times, "peak_rss_mb": rss}), flush=True)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -227,23 +376,71 @@ def build_resnet50(path: Path) -> None:
                         provenance={"note": "random weights, for speed benchmarks only"})
 
 
-def float_state_dict_bytes(arch: str) -> int:
-    net = _float_net(arch)
-    return sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point())
+class Worker:
+    def __init__(self, peer, arch, model_path, batch, threads, sigma, validate):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--arch", arch,
+               "--model-path", str(model_path), "--batch", str(batch), "--threads", str(threads),
+               "--sigma", str(sigma), "--validate", str(validate)]
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.peer = peer
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.executed, self.error, self.rounds = "", None, []
+        ready = self._read("READY")
+        if ready is None:
+            self.error = self._stderr_tail()
+        else:
+            self.executed = ready["executed"]
+
+    def _read(self, tag):
+        for line in self.proc.stdout:
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+        return None
+
+    def _stderr_tail(self):
+        self.proc.kill()
+        tail = (self.proc.stderr.read() or "").strip().splitlines()[-3:]
+        return " | ".join(tail) or f"exit {self.proc.poll()}"
+
+    def round(self, seconds):
+        if self.error:
+            return None
+        self.proc.stdin.write(f"round {seconds}\n")
+        self.proc.stdin.flush()
+        result = self._read("ROUND")
+        if result is None:
+            self.error = self._stderr_tail()
+        return result
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
-def spawn(peer, arch, model_path, batch, seconds, threads, sigma, validate) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--arch", arch,
-           "--model-path", str(model_path), "--batch", str(batch), "--seconds", str(seconds),
-           "--threads", str(threads), "--sigma", str(sigma), "--validate", str(validate)]
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+def _busy_process():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def run_rounds(workers, rounds, seconds, batch, label):
+    per_peer = {w.peer: [] for w in workers}
+    rss = {}
+    for r in range(rounds):
+        for w in workers:
+            res = w.round(seconds)
+            if res is not None:
+                per_peer[w.peer].extend(t / batch * 1e6 for t in res["batch_seconds"])
+                rss[w.peer] = res["peak_rss_mb"]
+        best = ", ".join(f"{p} {min(v):.0f}" for p, v in per_peer.items() if v)
+        print(f"  [{label}] round {r + 1}/{rounds}: fastest us/sample so far: {best}", flush=True)
+    return {p: {"fastest_us": min(v), "median_us": statistics.median(v), "batches": len(v), "peak_rss_mb": rss[p]}
+            for p, v in per_peer.items() if v}
 
 
 def main(argv=None) -> int:
@@ -254,12 +451,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-resnet20", type=int, default=400)
     p.add_argument("--batch-resnet50", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per peer")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per peer and round (default 3)")
+    p.add_argument("--no-loaded", action="store_true", help="skip the rounds beside a background busy process")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--json", type=Path, help="also write the results here")
     # worker mode (internal)
     p.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
-    p.add_argument("--peer", help=argparse.SUPPRESS)
     p.add_argument("--arch", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -272,47 +470,78 @@ def main(argv=None) -> int:
         return 0
 
     peers = [x for x in args.peers.split(",") if x]
+    print(f"threads={args.threads} sigma={args.sigma} rounds={args.rounds} x {args.seconds} s per peer "
+          f"(us per noisy sample, noise included; cpu: {_cpu_name()})", flush=True)
     rows = []
-    print(f"threads={args.threads}  sigma={args.sigma}  seconds/peer={args.seconds}  (us per noisy sample, noise included)")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in [m for m in args.models.split(",") if m]:
             if arch == "resnet20":
                 model_path, batch, validate = args.model, args.batch_resnet20, 16
             else:
-                model_path, batch, validate = Path(tmp) / "resnet50.int8", args.batch_resnet50, 1
+                model_path, batch, validate = Path(tmp) / "resnet50.int8", args.batch_resnet50, 2
                 build_resnet50(model_path)
-            results = {}
-            for peer in peers:
-                results[peer] = spawn(peer, arch, model_path, batch, args.seconds, args.threads, args.sigma, validate)
-                r = results[peer]
-                print(f"  {arch:9s} {peer:14s} " + (f"{r['us']:10.1f} us" if "us" in r else f"ERROR {r['error']}"),
-                      flush=True)
-            sizes = {"int8_file_kb": model_path.stat().st_size / 1024,
-                     "float32_state_dict_kb": float_state_dict_bytes(arch) / 1024}
-            rows.append({"arch": arch, "batch": batch, "results": results, "sizes": sizes})
-
+            workers = []
+            for peer in peers:  # set up one at a time, so no set-up overlaps a timed round
+                w = Worker(peer, arch, model_path, batch, args.threads, args.sigma, validate)
+                print(f"  {arch} {peer}: " + (f"ERROR {w.error}" if w.error else w.executed), flush=True)
+                workers.append(w)
+            try:
+                idle = run_rounds(workers, args.rounds, args.seconds, batch, f"{arch} idle")
+                loaded = {}
+                if not args.no_loaded:
+                    busy = _busy_process()
+                    try:
+                        time.sleep(0.5)
+                        loaded = run_rounds(workers, args.rounds, args.seconds, batch, f"{arch} loaded")
+                    finally:
+                        busy.kill()
+            finally:
+                for w in workers:
+                    w.close()
+            rows.append({"arch": arch, "batch": batch, "idle": idle, "loaded": loaded,
+                         "executed": {w.peer: w.executed for w in workers},
+                         "errors": {w.peer: w.error for w in workers if w.error},
+                         "int8_file_kb": model_path.stat().st_size / 1024})
     print()
-    header = "| model | peer | us / sample | intengine speed-up | peak RSS (MB) |"
-    print(header)
-    print("|---|---|---:|---:|---:|")
-    for row in rows:
-        ours = row["results"].get("intengine", {}).get("us")
-        for peer, r in row["results"].items():
-            if "us" not in r:
-                print(f"| {row['arch']} | {peer} | error | | |")
-                continue
-            ratio = f"{r['us'] / ours:.2f}x" if ours else "-"
-            extra = ""
-            if peer == "intengine":
-                extra = f" (sampler {r['sampler_us']:.1f} us = {100 * r['sampler_us'] / r['us']:.0f}%" \
-                        f", VNNI {'on' if r['vnni'] else 'off'}, validated {r['validated']}/{r['validated']})"
-            print(f"| {row['arch']} (batch {row['batch']}) | {peer}{extra} | {r['us']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
-        s = row["sizes"]
-        print(f"| {row['arch']} | file size: model.int8 {s['int8_file_kb']:.0f} KB vs float32 weights "
-              f"{s['float32_state_dict_kb']:.0f} KB | | | |")
+    print(report(rows, args))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def report(rows, args) -> str:
+    out = ["| model | peer | fastest batch (us/sample) | median | intengine speed-up (fastest) | "
+           "loaded / idle throughput | peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        ours = row["idle"].get("intengine", {}).get("fastest_us")
+        for peer, r in sorted(row["idle"].items(), key=lambda kv: kv[1]["fastest_us"]):
+            ratio = f"{r['fastest_us'] / ours:.2f}x" if ours else "-"
+            loaded = row["loaded"].get(peer)
+            lo = f"{r['median_us'] / loaded['median_us']:.2f}" if loaded else "-"
+            name = f"**{peer}**" if peer == "intengine" else peer
+            out.append(f"| {row['arch']} (batch {row['batch']}) | {name} | {r['fastest_us']:.1f} | "
+                       f"{r['median_us']:.1f} | {ratio} | {lo} | {r['peak_rss_mb']:.0f} |")
+        for peer, err in row["errors"].items():
+            out.append(f"| {row['arch']} | {peer} | error: {err} | | | | |")
+    out.append("")
+    out.append("What each peer executed:")
+    for row in rows:
+        for peer, text in row["executed"].items():
+            if text:
+                out.append(f"* {row['arch']} {peer}: {text}")
+    out.append("")
+    out.append("Loaded / idle: median throughput beside one background busy process over median throughput alone.")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

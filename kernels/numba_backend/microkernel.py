@@ -308,23 +308,27 @@ def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, outpu
 
 
 @njit(cache=True, parallel=True)
-def _pad_input_kernel(x, input_zero_point, padding, xp):
+def _pad_input_kernel(x, input_zero_point, padding, subsample, xp):
     # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way):
-    # zp border (and slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element
-    # inside/outside test cost as much as a small conv layer.
-    n_batch, height, width, channels = x.shape
+    # xp[n, padding + i, padding + j, c] = x[n, i * subsample, j * subsample, c], zp border (and
+    # slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element inside/outside test
+    # cost as much as a small conv layer.
+    n_batch, _, _, channels = x.shape
+    height = xp.shape[1] - 2 * padding  # rows past the image (slack) get zp too
+    width = xp.shape[2] - 2 * padding
     zp = xp.dtype.type(input_zero_point)
     for n in prange(n_batch):
         for i in range(xp.shape[1]):
             row = xp[n, i]
-            if i < padding or i >= padding + height:
+            src_row = (i - padding) * subsample
+            if i < padding or src_row >= x.shape[1]:
                 row[:, :channels] = zp
             else:
-                src = x[n, i - padding]
+                src = x[n, src_row]
                 row[:padding, :channels] = zp
                 for w in range(width):
                     for c in range(channels):
-                        row[padding + w, c] = src[w, c]
+                        row[padding + w, c] = src[w * subsample, c]
                 row[padding + width:, :channels] = zp
             if channels < xp.shape[3]:
                 row[:, channels:] = 0
@@ -347,12 +351,16 @@ def _workspace(shape, dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def pad_input(isa, x, input_zero_point, padding, tile_p, stride, padded_c) -> np.ndarray:
-    """The zero-point-padded input in ``isa``'s element type, with slack rows for the last tile."""
+def pad_input(isa, x, input_zero_point, padding, tile_p, stride, padded_c, subsample=1) -> np.ndarray:
+    """The zero-point-padded input in ``isa``'s element type, with slack rows for the last tile.
+
+    ``subsample`` keeps every ``subsample``-th row and column: a 1x1 unpadded convolution with
+    stride s reads only those, so it runs as stride 1 on a quarter of the copy (s = 2)."""
     n_batch, height, width, _ = x.shape
+    height, width = (height + subsample - 1) // subsample, (width + subsample - 1) // subsample
     padded_w = width + 2 * padding
     # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
     slack_rows = (tile_p * stride + padded_w - 1) // padded_w + 1
     xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, padded_c), isa.input_dtype)
-    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), xp)
+    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), np.int64(subsample), xp)
     return xp

@@ -122,7 +122,10 @@ def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shi
                 output_zero_point, stride, padding, act_min, act_max, out):
     """conv2d into ``out`` (N, OH, OW, O) on validated arguments: the reference's bits."""
     pk = packed_weights(ISA, weight, bias, input_zero_point, output_multiplier, output_shift, out.shape[2])
-    xp = pad_input(ISA, x, input_zero_point, padding, pk.tile_p, stride, pk.padded_c)
+    # a 1x1 unpadded conv with stride s reads every s-th pixel: copy only those, run stride 1
+    subsample = stride if pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
+    stride //= subsample
+    xp = pad_input(ISA, x, input_zero_point, padding, pk.tile_p, stride, pk.padded_c, subsample)
     _conv2d_vnni_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed,
                         np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
                         np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.k_steps), np.int64(pk.n_out),
