@@ -117,3 +117,15 @@ def predicted_interior(acc, reals, output_zero_point, act_min, act_max):
 def interior_count(out, act_min, act_max):
     """Outputs strictly inside (act_min, act_max): the ones requantization decided, not the clamp."""
     return int(np.count_nonzero((out > act_min) & (out < act_max)))
+
+
+def torch_exact_activation_levels() -> int:
+    """Activation codes 0..L-1 on which torch's x86/FBGEMM int8 conv and linear are exact here.
+
+    Without AVX-512 VNNI, FBGEMM multiplies uint8 x int8 with ``vpmaddubsw``, whose int16 pair
+    sums saturate once activations reach 128 (255 * 127 * 2 > 32767); torch's own x86 qconfig
+    quantizes activations to 7 bits there (``reduce_range``). Cross-checks against torch use that
+    domain on such CPUs and the full 8 bits where ``vpdpbusd`` makes FBGEMM exact."""
+    from kernels.numba_backend.microkernel import host_features
+
+    return 256 if host_features().get("avx512vnni", False) else 128

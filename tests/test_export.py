@@ -184,7 +184,9 @@ def test_fake_quant_conv_matches_torch_ao_quantized_conv():
     conv.out.max_val.fill_(3.0)
     conv.out.initialized.fill_(True)
     conv.eval()
-    x_codes = torch.randint(0, 256, (4, 3, 10, 10))
+    from kernel_cases import torch_exact_activation_levels
+
+    x_codes = torch.randint(0, torch_exact_activation_levels(), (4, 3, 10, 10))  # FBGEMM's exact domain
     s_in = 1 / 255
     y, s_out, zp_out = conv(x_codes.double().float() * s_in, s_in, 0)
     ours = torch.round(y.double() / s_out).long() + zp_out
