@@ -473,3 +473,33 @@ def test_out_argument_of_conv2d_and_add(backend):
     with pytest.raises(ValueError, match="overlap"):
         ops.conv2d(*args, out=inside_x)
 
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKEND_NAMES if b != "reference"])
+@pytest.mark.parametrize("shifts", [
+    [-1] * 16,                 # t = 32 for every channel: the high-dword epilogue at its boundary
+    [-31] * 8 + [-5] * 8,      # t = 62 (the largest) and 36
+    [0] * 16,                  # t = 31: the int64 epilogue
+    [-9] * 15 + [0],           # one channel at t = 31 sends the whole layer to the int64 form
+    [3, -2] * 8,               # multipliers above 1 (t = 28) beside t = 33
+])
+def test_conv2d_epilogue_forms(backend, shifts):
+    # SIMD rungs requantize full tiles in one of two forms (microkernel.finish_tile): the high dword
+    # of sum*M + bias_term when every channel's total shift t = 31 - shift is >= 32, else int64.
+    # Inputs near the zero point and small weights keep |acc| ~ 2^9, so that with these shifts
+    # (real multipliers 2^-32 .. 2^3) most outputs fall inside the clamp range.
+    rng = np.random.default_rng(abs(hash(tuple(shifts))) % 2**32)
+    zp_in = 100
+    x = rng.integers(zp_in - 3, zp_in + 4, (2, 6, 16, 8)).astype(np.uint8)
+    weight = rng.integers(-3, 4, (16, 3, 3, 8)).astype(np.int8)
+    weight[:, 0, 0, 0] = -127  # the extreme weight, once per channel
+    bias = rng.integers(-300, 301, 16).astype(np.int32)
+    mult = rng.integers(2**30, 2**31, 16).astype(np.int32)
+    shift = np.array(shifts, dtype=np.int32)
+    decided = 0
+    for act_min, act_max, zp in [(0, 255, 128), (7, 200, 7)]:
+        args = (x, weight, bias, zp_in, mult, shift, zp, 1, 1, act_min, act_max)
+        want = REF.conv2d(*args)
+        decided += interior_count(want, act_min, act_max)
+        np.testing.assert_array_equal(kernels.get_backend(backend).conv2d(*args), want)
+    assert decided > want.size // 4  # the arithmetic decides, not the clamp

@@ -196,7 +196,14 @@ def make_microkernels(isa: Isa, P: int, J: int):
     def finish_tile(typingctx, a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h,
                     out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
                     output_zero_point, act_min, act_max):
-        """A full tile: all kernel rows, then requantize + clamp L channels at a time and store uint8."""
+        """A full tile: all kernel rows, then requantize + clamp L channels at a time and store uint8.
+
+        ``total_shift`` (int64, per channel) holds ``t``, or, where a negative first entry flags the
+        layer "every t >= 32", ``31 - t`` (see :class:`PackedConvWeights`):
+        then the epilogue takes ``y >> t = (y >> 32) >> (t - 32)`` -- the high dword of the
+        int64 ``y = sum * M + bias_term`` (|y| < 2^63, so it fits int32), one 32-bit arithmetic
+        shift, a 32-bit clamp -- instead of 64-bit shifts and compares. The same integer:
+        floor(floor(y / 2^32) / 2^(t - 32)) = floor(y / 2^t)."""
         sig = types.void(a, a_off, a_stride, a_row_stride, b, b_off, b_row_stride, k_steps, kernel_h,
                          out, out_off, out_pixel_stride, bias_term, multiplier, total_shift, channel0,
                          output_zero_point, act_min, act_max)
@@ -212,24 +219,44 @@ def make_microkernels(isa: Isa, P: int, J: int):
             mult_ptr = array_data(context, builder, ty[13], mult_)
             tshift_ptr = array_data(context, builder, ty[14], tshift_)
             accs = _dot_loop(builder, isa, a_ptr, a_off_, a_stride_, a_rs_, b_ptr, b_off_, b_rs_, ks_, kh_, P, J)
-            # clamp before adding the zero point, in int64: the requantized value may exceed int32
-            lo = splat(builder, builder.sub(lo_, zp_), wide_t)
-            hi = splat(builder, builder.sub(hi_, zp_), wide_t)
-            zp = splat(builder, zp_, wide_t)
-            for j in range(J):
-                ch = builder.add(ch0_, ir.Constant(I64, L * j))
+
+            def products(j):
                 # (sum + bias_eff) * M + 2^(t-1) == sum * M + bias_term: one multiply and one add per lane
+                ch = builder.add(ch0_, ir.Constant(I64, L * j))
                 bias_term = builder.load(vector_ptr(builder, bias_ptr, ch, wide_t), align=8)
                 mult = builder.sext(builder.load(vector_ptr(builder, mult_ptr, ch, acc_t), align=4), wide_t)
                 tshift = builder.load(vector_ptr(builder, tshift_ptr, ch, wide_t), align=8)
-                for p in range(P):
-                    acc = builder.sext(accs[p * J + j], wide_t)
-                    r = builder.ashr(builder.add(builder.mul(acc, mult), bias_term), tshift)
-                    r = clamp(builder, r, lo, hi)
-                    r = builder.trunc(builder.add(r, zp), byte_t)
-                    off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
-                                      ir.Constant(I64, L * j))
-                    builder.store(r, vector_ptr(builder, o_ptr, off, byte_t), align=1)
+                return ([builder.add(builder.mul(builder.sext(accs[p * J + j], wide_t), mult), bias_term)
+                         for p in range(P)], tshift)
+
+            def store(p, j, r):
+                off = builder.add(builder.add(o_off_, builder.mul(ir.Constant(I64, p), o_stride_)),
+                                  ir.Constant(I64, L * j))
+                builder.store(builder.trunc(r, byte_t), vector_ptr(builder, o_ptr, off, byte_t), align=1)
+
+            fast = builder.icmp_signed("<", builder.load(tshift_ptr), ir.Constant(I64, 0))
+            with builder.if_else(fast) as (high_dword, generic):
+                with high_dword:
+                    lo = splat(builder, builder.trunc(builder.sub(lo_, zp_), I32), acc_t)
+                    hi = splat(builder, builder.trunc(builder.sub(hi_, zp_), I32), acc_t)
+                    zp = splat(builder, builder.trunc(zp_, I32), acc_t)
+                    for j in range(J):
+                        ys, coded = products(j)
+                        shift32 = builder.trunc(builder.sub(ir.Constant(wide_t, [-1] * L), coded), acc_t)  # t - 32
+                        for p in range(P):
+                            y_high = builder.trunc(builder.lshr(ys[p], splat(builder, ir.Constant(I64, 32), wide_t)),
+                                                   acc_t)
+                            r = clamp(builder, builder.ashr(y_high, shift32), lo, hi)
+                            store(p, j, builder.add(r, zp))
+                with generic:
+                    # clamp before adding the zero point, in int64: the requantized value may exceed int32
+                    lo = splat(builder, builder.sub(lo_, zp_), wide_t)
+                    hi = splat(builder, builder.sub(hi_, zp_), wide_t)
+                    zp = splat(builder, zp_, wide_t)
+                    for j in range(J):
+                        ys, tshift = products(j)
+                        for p in range(P):
+                            store(p, j, builder.add(clamp(builder, builder.ashr(ys[p], tshift), lo, hi), zp))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -279,9 +306,16 @@ class PackedConvWeights:
         self.mult[:n_out] = output_multiplier
         self.shift = np.zeros(o_pad, dtype=np.int32)
         self.shift[:n_out] = output_shift
-        self.tshift = (31 - self.shift.astype(np.int64)).astype(np.int64)
+        t = (31 - self.shift.astype(np.int64)).astype(np.int64)  # total shift, in [1, 62]
         # bias_eff * M + 2^(t-1): |bias_eff| < 2^31 + 2^29 and M < 2^31 keep it below 2^63 - 2^61
-        self.bias_term = self.bias_eff * self.mult.astype(np.int64) + np.left_shift(np.int64(1), self.tshift - 1)
+        self.bias_term = self.bias_eff * self.mult.astype(np.int64) + np.left_shift(np.int64(1), t - 1)
+        # finish_tile's epilogue constant per channel: where every t >= 32 (every shipped model: t >= 37)
+        # 31 - t <= -1, so a negative first entry flags the high-dword form and -v - 1 = t - 32;
+        # else t itself (>= 1: the int64 form). Padding channels (never in a full tile) get -1 / 1.
+        if bool((t[:n_out] >= 32).all()):
+            self.tshift = np.where(np.arange(o_pad) < n_out, 31 - t, -1).astype(np.int64)
+        else:
+            self.tshift = np.where(np.arange(o_pad) < n_out, t, 1).astype(np.int64)
         self.kernel_h, self.kernel_w, self.n_out = kernel_h, kernel_w, n_out
         self.k_steps = k_steps
 
