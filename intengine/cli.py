@@ -1,4 +1,4 @@
-"""``intengine`` command line: certify, predict, certify-dataset, report, info, train, export-onnx.
+"""``intengine`` command line: certify, predict, certify-dataset, report, info, train, export-onnx, import-onnx.
 
 Every user error (IntengineError, a missing file, a bad option value) ends as one line
 ``intengine: error: ...`` on stderr and exit code 2, never a traceback.
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
 
     for name, text in (("train", "train a QAT model with noise augmentation (needs intengine[torch])"),
-                       ("export-onnx", "export a model to ONNX (needs intengine[torch])")):
+                       ("export-onnx", "export a model to standard QDQ ONNX (needs intengine[onnx])"),
+                       ("import-onnx", "import a QDQ ONNX model as model.int8 (needs intengine[onnx])")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -273,11 +274,13 @@ def cmd_info(args) -> int:
 def cmd_torch(args) -> int:
     import importlib
 
-    module_name = {"train": "export.cli_train", "export-onnx": "export.onnx_export"}[args.command]
+    module_name = {"train": "export.cli_train", "export-onnx": "export.onnx_export",
+                   "import-onnx": "export.onnx_import"}[args.command]
+    extra = "torch" if args.command == "train" else "onnx"
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise _CliError(f"`intengine {args.command}` needs the torch extra: install intengine[torch] "
+        raise _CliError(f"`intengine {args.command}` needs the {extra} extra: install intengine[{extra}] "
                         f"({exc})") from None
     sub = argparse.ArgumentParser(prog=f"intengine {args.command}")
     module.add_arguments(sub)
@@ -294,6 +297,7 @@ COMMANDS = {
     "info": cmd_info,
     "train": cmd_torch,
     "export-onnx": cmd_torch,
+    "import-onnx": cmd_torch,
 }
 
 
@@ -307,7 +311,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] in ("train", "export-onnx"):
+    if argv and argv[0] in ("train", "export-onnx", "import-onnx"):
         # forwarded untouched: their options belong to the export module's own parser
         args = argparse.Namespace(command=argv[0], rest=argv[1:])
     else:

@@ -121,7 +121,7 @@ def test_dataset_and_report(fake, capsys, tmp_path):
 def test_torch_commands_missing_module(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "export.onnx_export", None)  # import -> ImportError
     rc, _, err = run(["export-onnx", "whatever"], capsys)
-    assert rc == 2 and "install intengine[torch]" in err and err.count("\n") == 1
+    assert rc == 2 and "install intengine[onnx]" in err and err.count("\n") == 1
 
 
 def test_torch_command_forwards_arguments(monkeypatch, capsys):
