@@ -28,8 +28,8 @@ from intengine.engine import Model, load_model  # noqa: E402
 def row(name, engine, out, model):
     lsb = as_lsb(out, model)
     diff = lsb - engine.astype(np.int64)
-    values, counts = np.unique(diff, return_counts=True)
-    dist = ", ".join(f"{v:+d}: {100 * c / diff.size:.2f}%" for v, c in zip(values, counts))
+    share = {d: 100 * (diff == d).mean() for d in (-2, -1, 0, 1, 2)}
+    dist = ", ".join(f"{d:+d}: {v:.2f}%" for d, v in share.items()) + f", |d|>2: {100 * (np.abs(diff) > 2).mean():.2f}%"
     agree = (lsb.argmax(1) == engine.argmax(1)).mean()
     print(f"| {name} | {100 * agree:.1f}% | {np.abs(diff).max()} | {np.abs(diff).mean():.3f} | {dist} |")
 

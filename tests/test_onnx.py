@@ -71,13 +71,14 @@ def compare(engine, out, model, max_lsb, min_agree):
     return int(np.abs(diff).max()), agree
 
 
-def cifar_test():
+def cifar_test(split="test"):
+    """Real CIFAR-10 images (uint8 NHWC) of the shared subset; skips where it is absent."""
     data = Path(os.environ.get("INTENGINE_DATA", REPO.parent / "shared" / "data" / "cifar10_subset.npz"))
     if data.is_dir():
         data = data / "cifar10_subset.npz"
     if not data.exists():
         pytest.skip(f"CIFAR-10 subset not found at {data} (set INTENGINE_DATA)")
-    x, _, _ = load_cifar10(data, "test")
+    x, _, _ = load_cifar10(data, split)
     return x
 
 
