@@ -80,7 +80,10 @@ def _check(x, y, names, path):
 
 def load_digits_uint8(split: str = "test", seed: int = 0):
     """scikit-learn's 8x8 digits as uint8 (N, 8, 8, 1) in 0..255 (v*255/16 rounded), split 80/20 (fixed)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise IntengineError("the 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
 
     d = load_digits()
     x = np.floor(d.images * (255.0 / 16.0) + 0.5).astype(np.uint8)[..., None]
