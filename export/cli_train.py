@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     from export import convert
     from export.train import TrainConfig, check_config, train
-    from intengine.datasets import load_cifar10, load_digits_uint8
+    from intengine.datasets import DIGITS, load_dataset
     from intengine.errors import IntengineError
 
     cfg = TrainConfig(arch=args.arch, sigma=args.sigma, epochs=args.epochs, qat_epochs=args.qat_epochs,
@@ -121,14 +121,9 @@ def run(args: argparse.Namespace) -> int:
         check_config(cfg, pretrained=bool(args.init or args.resume))
     except ValueError as exc:
         raise IntengineError(str(exc)) from None
-    if args.data == "digits":
-        x_train, y_train, names = load_digits_uint8("train")
-        x_test, y_test, _ = load_digits_uint8("test")
-        dataset = "sklearn digits 8x8 (80/20 split, seed 0)"
-    else:
-        x_train, y_train, names = load_cifar10(args.data, "train")
-        x_test, y_test, _ = load_cifar10(args.data, "test")
-        dataset = f"CIFAR-10 from {args.data}"
+    x_train, y_train, names = load_dataset(args.data, "train")
+    x_test, y_test, _ = load_dataset(args.data, "test")
+    dataset = "sklearn digits 8x8 (80/20 split, seed 0)" if args.data == DIGITS else f"CIFAR-10 from {args.data}"
     x_train, y_train = subset(x_train, y_train, args.train_images, args.seed)
     ckpt = args.checkpoint or (args.out + ".ckpt")
     print(f"training {args.arch} ({args.mode}) sigma={args.sigma} epochs={args.epochs} "
