@@ -121,3 +121,18 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert "Model(arch='resnet20'" in out and "SmoothingResult(certify" in out and "DatasetResult(certify" in out
     assert ns["res"].label is not None and ns["run"].rows == 2
     assert (tmp_path / "results.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_examples_readme_table_is_what_certify_measures():
+    """One row of examples/README.md's out-of-distribution table, re-measured with its stated command."""
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    text = (ROOT / "examples" / "README.md").read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| model |"))
+    images = [c.strip() for c in header.strip("|").split("|")[1:]]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `resnet20_sigma0.25`"))
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    model = intengine.load_model(ROOT / "models" / "resnet20_sigma0.25.int8")
+    for image, cell in zip(images, cells):
+        res = intengine.certify(model, ROOT / "examples" / f"{image}.npy", n=1000, seed=0)
+        assert cell == ("ABSTAIN" if res.abstain else f"{names[res.label]}, {res.radius:.3f}"), image
