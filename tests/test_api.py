@@ -111,6 +111,7 @@ def _readme_python_block() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow  # four real certify/predict runs at N = 1000 (~25 s of CPU on 2 AVX2 cores)
 def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     for name in ("models", "examples"):
         (tmp_path / name).symlink_to(ROOT / name)
