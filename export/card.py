@@ -37,8 +37,10 @@ def card_text(path: Path, data: str | None, notes: str = "") -> str:
              f"ResNet-20 (CIFAR-10 layout, {model.parameter_count():,} integer parameters), int8 weights / uint8 "
              f"activations, trained with IntRS-quant: quantization-aware training with discrete Gaussian noise "
              f"augmentation at sigma = {model.sigma:g} (sigma_int = {255 * model.sigma:g} on the 0..255 grid), "
-             f"noise policy `clip(x + n, 0, 255)`.", "",
-             "| field | value |", "|---|---|",
+             f"noise policy `clip(x + n, 0, 255)`.", ""]
+    if p.get("warning"):
+        lines += [f"**WARNING: {p['warning']}**", ""]
+    lines += ["| field | value |", "|---|---|",
              f"| file | `{path.name}`, {size:,} bytes, sha256 {sha}… |",
              f"| data | {p.get('dataset')}: {p.get('train_images')} training images, {p.get('test_images')} test images |",
              f"| epochs | {p.get('epochs')} ({p.get('float_epochs')} float with batch norm, {p.get('qat_epochs')} QAT, "

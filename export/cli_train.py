@@ -16,27 +16,87 @@ NOISE_TEXT = {
 }
 
 
+CHANCE_FACTOR = 1.5  # "at chance": clean accuracy below 1.5x 1/K (junk lands within noise of 1/K)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `intengine train`; use argparse.ArgumentDefaultsHelpFormatter to show defaults."""
     parser.add_argument("--data", required=True,
                         help="CIFAR-10 .npz (x_train/y_train/x_test/y_test) or cifar-10-batches-py folder, or 'digits'")
-    parser.add_argument("--arch", default="resnet20", choices=["resnet20", "small", "resnet50"])
+    parser.add_argument("--arch", default="resnet20", choices=["resnet20", "small", "resnet50"],
+                        help="network: resnet20 (CIFAR), small (8x8 digits), resnet50 (ImageNet layout)")
     parser.add_argument("--sigma", type=float, default=0.25, help="noise level in pixel scale [0, 1]")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--qat-epochs", type=int, default=None, help="epochs with fake quantization (default ~1/3)")
-    parser.add_argument("--freeze-epochs", type=int, default=None, help="last QAT epochs with frozen observers")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=30, help="all epochs (float + QAT)")
+    parser.add_argument("--qat-epochs", type=int, default=None,
+                        help="epochs with fake quantization (None: about 1/3, at least one float epoch first)")
+    parser.add_argument("--freeze-epochs", type=int, default=None,
+                        help="last QAT epochs with frozen observers (None: about 1/3 of QAT)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per optimizer step")
+    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine schedule, > 0)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on this many training images (a seeded random subset) for quick trials "
+                             "(None: all)")
     parser.add_argument("--out", required=True, help="output model.int8 (float mode: float32 safetensors)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="weights, order, augmentation and noise seed")
     parser.add_argument("--mode", choices=list(NOISE_TEXT), default="intrs",
                         help="intrs: QAT + discrete Gaussian noise from the engine's sampler (IntRS-quant); "
                              "float: float32, continuous noise (Cohen et al., FloatRS-fp); floatq: QAT, continuous "
                              "noise quantized to the input grid (FloatRS-quant)")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint written after every epoch (default OUT.ckpt)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint written after every epoch (None: OUT.ckpt)")
     parser.add_argument("--init", default=None,
                         help="start from the float weights of a checkpoint (float phase), e.g. another sigma's run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+
+
+def subset(x, y, k: int | None, seed: int):
+    """The first ``k`` images of a seeded permutation (all when k is None), order kept."""
+    if k is None:
+        return x, y
+    from intengine.errors import IntengineError
+
+    if not 2 <= k:
+        raise IntengineError(f"--train-images must be >= 2, got {k}")
+    if k >= len(x):
+        return x, y
+    import numpy as np
+
+    idx = np.sort(np.random.default_rng([seed, 7]).permutation(len(x))[:k])
+    return x[idx], y[idx]
+
+
+def chance_warning(acc: float, num_classes: int) -> str | None:
+    """A warning text when clean test accuracy ``acc`` is at chance level (see CHANCE_FACTOR), else None."""
+    chance = 1.0 / max(1, num_classes)
+    if acc >= CHANCE_FACTOR * chance:
+        return None
+    return (f"clean test accuracy {100 * acc:.1f}% is at chance level ({100 * chance:.1f}% for {num_classes} "
+            f"classes): this model has not learned, its certificates are meaningless; train longer or "
+            f"check --lr / --epochs")
+
+
+def _epoch_bar(epochs: int):
+    """(progress callback, closer): a tqdm bar per epoch on a terminal's stderr, else no-ops."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    state = {"epoch": None, "bar": None}
+
+    def progress(epoch, done, total):
+        if state["epoch"] != epoch:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["epoch"] = epoch
+            state["bar"] = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                                file=sys.stderr, leave=False, dynamic_ncols=True)
+        state["bar"].update(done - state["bar"].n)
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return progress, close
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,31 +109,32 @@ def run(args: argparse.Namespace) -> int:
     import platform
 
     from export import convert
-    from export.train import TrainConfig, train
-    from intengine.datasets import load_cifar10, load_digits_uint8
+    from export.train import TrainConfig, check_config, train
+    from intengine.datasets import DIGITS, load_dataset
     from intengine.errors import IntengineError
 
-    if args.epochs < 1:
-        raise IntengineError("--epochs must be >= 1")
-    if not (args.sigma >= 0):
-        raise IntengineError("--sigma must be >= 0")
-    if args.data == "digits":
-        x_train, y_train, names = load_digits_uint8("train")
-        x_test, y_test, _ = load_digits_uint8("test")
-        dataset = "sklearn digits 8x8 (80/20 split, seed 0)"
-    else:
-        x_train, y_train, names = load_cifar10(args.data, "train")
-        x_test, y_test, _ = load_cifar10(args.data, "test")
-        dataset = f"CIFAR-10 from {args.data}"
     cfg = TrainConfig(arch=args.arch, sigma=args.sigma, epochs=args.epochs, qat_epochs=args.qat_epochs,
                       freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                       flip=(args.data != "digits"))  # digits are not mirror-symmetric
+    try:
+        check_config(cfg, pretrained=bool(args.init or args.resume))
+    except ValueError as exc:
+        raise IntengineError(str(exc)) from None
+    x_train, y_train, names = load_dataset(args.data, "train")
+    x_test, y_test, _ = load_dataset(args.data, "test")
+    dataset = "sklearn digits 8x8 (80/20 split, seed 0)" if args.data == DIGITS else f"CIFAR-10 from {args.data}"
+    x_train, y_train = subset(x_train, y_train, args.train_images, args.seed)
     ckpt = args.checkpoint or (args.out + ".ckpt")
     print(f"training {args.arch} ({args.mode}) sigma={args.sigma} epochs={args.epochs} "
           f"schedule(float,qat,frozen)={cfg.schedule()} seed={args.seed} on {len(x_train)} images", flush=True)
-    result = train(cfg, x_train, y_train, x_test, y_test, len(names), checkpoint=ckpt, resume=args.resume,
-                   log=lambda s: print(s, flush=True), init=args.init)
+    progress, close_bar = _epoch_bar(args.epochs)
+    try:
+        result = train(cfg, x_train, y_train, x_test, y_test, len(names), checkpoint=ckpt, resume=args.resume,
+                       log=lambda s: print(s, flush=True), init=args.init, progress=progress)
+    finally:
+        close_bar()
+    warning = chance_warning(result["metrics"]["test_acc_clean"], len(names))
     float_e, qat_e, frozen_e = cfg.schedule()
     provenance = {
         "dataset": dataset, "train_images": int(len(x_train)), "test_images": int(len(x_test)),
@@ -88,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         "command": "intengine train " + " ".join(shlex.quote(a) for a in _argv_of(args)),
         "torch": torch.__version__, "python": platform.python_version(),
     }
+    if warning:
+        provenance["warning"] = warning
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: {warning}\n{bar}", file=sys.stderr, flush=True)
     if args.mode == "float":
         convert.write_float_baseline(result["model"], args.out, args.sigma, names, provenance)
     else:
@@ -112,6 +177,8 @@ def _argv_of(args) -> list[str]:
     for opt, val in (("--qat-epochs", args.qat_epochs), ("--freeze-epochs", args.freeze_epochs)):
         if val is not None:
             out += [opt, str(val)]
+    if args.train_images is not None:
+        out += ["--train-images", str(args.train_images)]
     if args.batch_size != 128:
         out += ["--batch-size", str(args.batch_size)]
     if args.lr != 0.1:
@@ -123,7 +190,7 @@ def _argv_of(args) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="intengine train")
+    parser = argparse.ArgumentParser(prog="intengine train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

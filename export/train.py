@@ -101,10 +101,34 @@ class TrainConfig:
         """(float epochs, QAT epochs, frozen-observer epochs)."""
         if self.mode == "float":
             return self.epochs, 0, 0
-        q = self.qat_epochs if self.qat_epochs is not None else max(1, round(self.epochs / 3))
-        q = min(q, self.epochs)
+        if self.qat_epochs is None:
+            # about a third, but never all: QAT from random weights with frozen observers learns nothing
+            q = min(max(1, round(self.epochs / 3)), self.epochs - 1)
+        else:
+            q = min(self.qat_epochs, self.epochs)
         f = self.freeze_epochs if self.freeze_epochs is not None else max(1, round(q / 3))
         return self.epochs - q, q, min(f, q)
+
+
+def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
+    """ValueError for a schedule that cannot train; ``pretrained``: weights come from --init/--resume."""
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a number > 0, got {cfg.lr}: with lr 0 nothing is learned")
+    if cfg.batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2, got {cfg.batch_size}")
+    if not (math.isfinite(cfg.sigma) and cfg.sigma >= 0):
+        raise ValueError(f"--sigma must be >= 0, got {cfg.sigma}")
+    for name, v in (("--qat-epochs", cfg.qat_epochs), ("--freeze-epochs", cfg.freeze_epochs)):
+        if v is not None and v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    float_epochs, qat_epochs, _ = cfg.schedule()
+    if cfg.mode != "float" and float_epochs == 0 and not pretrained:
+        raise ValueError(
+            f"--qat-epochs {qat_epochs} with --epochs {cfg.epochs} leaves no float epoch: quantization-aware "
+            "training would start from random weights and learn nothing; use --qat-epochs below --epochs "
+            "(or --init a float checkpoint)")
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -164,11 +188,15 @@ def checkpoint_state(epoch, net, optimizer, phase, cfg, history) -> dict:
 
 
 def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
-          checkpoint: str | None = None, resume: str | None = None, log=print, init: str | None = None) -> dict:
+          checkpoint: str | None = None, resume: str | None = None, log=print, init: str | None = None,
+          progress=None) -> dict:
     """Train and return {"model": float or QResNet (eval mode), "metrics": {...}, "history": [...]}.
 
     ``init``: a checkpoint taken in the float phase (of this architecture) whose weights start the
     float phase here (e.g. fine-tuning a model trained at another sigma); the schedule is unchanged.
+    ``progress(epoch, steps done, steps per epoch)`` is called after every optimizer step.
+    With no QAT epochs (intrs, floatq) the float network is still quantized at the end: batch norms
+    folded, observers calibrated on noisy training batches (post-training quantization).
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -212,6 +240,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
         order = rng.permutation(n)
         net.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        lr_first = None
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < 2:
@@ -220,6 +249,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             lr = _lr_at(cfg, step, total_steps) * (cfg.qat_lr_scale if phase == "qat" else 1.0)
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            lr_first = lr if lr_first is None else lr_first
             xb = augment(x_train[idx], rng, cfg.flip)
             inp = _batch_input(cfg, xb, None if noise is None else noise[idx], gen)
             target = torch.as_tensor(y_train[idx])
@@ -232,16 +262,19 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == target).sum())
             seen += len(idx)
+            if progress is not None:
+                progress(epoch, b + 1, steps_per_epoch)
         test_noisy = evaluate(cfg, net, x_test, y_test, noisy=True)
         rec = {"epoch": epoch + 1, "phase": phase, "loss": round(loss_sum / seen, 4),
                "train_acc": round(correct / seen, 4), "test_acc_noisy": round(test_noisy, 4),
                "seconds": round(time.time() - t0, 1)}
         history.append(rec)
         log(f"epoch {epoch + 1}/{cfg.epochs} [{phase}] loss {rec['loss']:.4f} train {rec['train_acc']:.3f} "
-            f"test(noisy) {test_noisy:.3f} lr {optimizer.param_groups[0]['lr']:.4f} {rec['seconds']:.0f}s")
+            f"test(noisy) {test_noisy:.3f} lr {lr_first or 0:.4f}->{optimizer.param_groups[0]['lr']:.4f} "
+            f"{rec['seconds']:.0f}s")
         if checkpoint:
             torch.save(checkpoint_state(epoch, net, optimizer, phase, cfg, history), checkpoint)
-    if phase == "float" and qat_epochs > 0:  # zero training epochs left for QAT: still convert
+    if phase == "float" and cfg.mode != "float":  # no QAT epoch ran: quantize after training
         net = _start_qat(cfg, net, x_train, log)
         net.freeze_observers(True)
     net.eval()

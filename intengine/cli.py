@@ -1,4 +1,5 @@
-"""``intengine`` command line: certify, predict, certify-dataset, report, info, train, export-onnx, import-onnx.
+"""``intengine`` command line: certify, predict, certify-dataset, predict-dataset, report, info, train,
+export-onnx, import-onnx.
 
 Every user error (IntengineError, a missing file, a bad option value) ends as one line
 ``intengine: error: ...`` on stderr and exit code 2, never a traceback.
@@ -53,17 +54,19 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, certify: bool = True) 
     p.add_argument("--sigma", type=_float("sigma"), default=None,
                    help="noise level, pixel scale (default: the model's training sigma)")
     if certify:
-        p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+        p.add_argument("--n0", "--N0", type=int, default=100, help="selection samples (default 100)")
     else:
-        p.add_argument("--n0", type=int, default=100, help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
+        p.add_argument("--n0", "--N0", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--n", "--N", type=int, default=100_000, help="estimation samples (default 100000)")
     p.add_argument("--alpha", type=_float("alpha"), default=0.001, help="failure probability (default 0.001)")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass (default 1000)")
     p.add_argument("--seed", type=_seed, default=None, help="noise seed (default: from the OS, reported)")
-    p.add_argument("--threads", type=_positive_int("threads"), default=None, help="Numba threads")
+    p.add_argument("--threads", type=_positive_int("threads"), default=None,
+                   help="Numba threads (default: all available cores)")
     p.add_argument("--sampler", choices=("table", "cks"), default="table",
-                   help="discrete Gaussian sampler: table (fast, failure bin) or cks (exact)")
-    p.add_argument("--backend", choices=("numba", "reference"), default="numba", help="kernel backend")
+                   help="discrete Gaussian sampler: table (fast, failure bin) or cks (exact) (default table)")
+    p.add_argument("--backend", choices=("numba", "reference"), default="numba",
+                   help="kernel backend: numba (fast) or reference (NumPy, the spec) (default numba)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -84,19 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("predict", help="smoothed prediction (Cohen's PREDICT, two-sided test) for one image")
-    p.add_argument("model")
-    p.add_argument("image")
+    p.add_argument("model", help="model.int8 file")
+    p.add_argument("image", help=".npy image: HWC or CHW, uint8 0..255 or float 0..1")
     _add_smoothing_options(p, certify=False)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("certify-dataset", help="CERTIFY over a dataset; Cohen's TSV + counts; resumable")
-    p.add_argument("model")
-    p.add_argument("data", help="CIFAR-10 .npz (x_test/y_test...) or cifar-10-batches-py folder")
-    p.add_argument("--out", required=True, help="results .tsv (resumed when it exists)")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--skip", type=_positive_int("skip"), default=1, help="index stride (default 1)")
-    p.add_argument("--max", type=int, default=None, help="certify at most this many images")
-    _add_smoothing_options(p)
+    for name, text in (("certify-dataset", "CERTIFY over a dataset; Cohen's TSV + counts; resumable"),
+                       ("predict-dataset", "PREDICT over a dataset; Cohen's predict TSV + counts; resumable")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", help="model.int8 file")
+        p.add_argument("data", help="CIFAR-10 .npz (x_test/y_test...), cifar-10-batches-py folder, or 'digits'")
+        p.add_argument("--out", required=True, help="results .tsv (resumed when it exists)")
+        p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
+        p.add_argument("--skip", type=_positive_int("skip"), default=1, help="index stride (default 1)")
+        p.add_argument("--max", type=int, default=None,
+                       help="index bound as in Cohen et al.'s certify.py: images idx = 0, skip, 2 skip, ... "
+                            "below MAX (--skip 100 --max 1000: 10 images) (default: all)")
+        p.add_argument("--max-images", type=int, default=None,
+                       help="run at most this many of the selected images (default: all)")
+        _add_smoothing_options(p, certify=name == "certify-dataset")
+        p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
     p = sub.add_parser("report", help="certified-accuracy table (and plot) from results .tsv files")
     p.add_argument("results", nargs="+", help="results .tsv files")
@@ -105,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
     p = sub.add_parser("info", help="describe a model file")
-    p.add_argument("model")
+    p.add_argument("model", help="model.int8 file")
 
     for name, text in (("train", "train a QAT model with noise augmentation (needs intengine[torch])"),
                        ("export-onnx", "export a model to standard QDQ ONNX (needs intengine[onnx])"),
                        ("import-onnx", "import a QDQ ONNX model as model.int8 (needs intengine[onnx])")):
         p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the command (see its --help)")
     return parser
 
 
@@ -125,8 +135,9 @@ def _check_common(args) -> None:
     check_options(alpha=args.alpha, n0=args.n0, n=args.n)
     if args.batch < 1:
         raise IntengineError(f"batch must be >= 1, got {args.batch}")
-    if getattr(args, "max", None) is not None and args.max < 0:
-        raise IntengineError(f"--max must be >= 0, got {args.max}")
+    for opt in ("max", "max_images"):
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 0:
+            raise IntengineError(f"--{opt.replace('_', '-')} must be >= 0, got {getattr(args, opt)}")
 
 
 def _load_model(path):
@@ -192,12 +203,14 @@ def format_human(model, res, model_path, image_path) -> str:
 
 def cmd_certify_or_predict(args) -> int:
     from intengine.images import load_image
-    from intengine.smoothing import certify, predict, set_threads
+    from intengine.notices import compile_notice, set_threads_noting_cap
+    from intengine.smoothing import certify, predict
 
     _check_common(args)
-    set_threads(args.threads)
+    set_threads_noting_cap(args.threads)
     model = _load_model(args.model)
     x = load_image(args.image, model.input_shape)
+    compile_notice(args.backend)
     progress, close = _progress(args, args.command)
     try:
         common = dict(sigma=args.sigma, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed,
@@ -216,34 +229,13 @@ def cmd_certify_or_predict(args) -> int:
 
 
 def cmd_certify_dataset(args) -> int:
-    from intengine.runs import certify_dataset
-    from intengine.smoothing import set_threads
+    from intengine import cli_dataset
+    from intengine.notices import set_threads_noting_cap
 
     _check_common(args)
-    set_threads(args.threads)
+    set_threads_noting_cap(args.threads)
     model = _load_model(args.model)
-    bar = None
-    on_row = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(desc="images", unit="img", file=sys.stderr, dynamic_ncols=True)
-        on_row = lambda idx, label, res: bar.update(1)
-    else:
-        def on_row(idx, label, res):
-            print(f"idx {idx}: label {label} predict {-1 if res.abstain else res.label} "
-                  f"radius {res.radius:.4f} ({res.seconds:.1f} s)", file=sys.stderr)
-    try:
-        summary = certify_dataset(model, args.model, args.data, args.out, split=args.split, skip=args.skip,
-                                  max_count=args.max, n0=args.n0, n=args.n, alpha=args.alpha,
-                                  batch=args.batch, seed=args.seed, sigma=args.sigma, sampler=args.sampler,
-                                  backend=args.backend, on_row=on_row)
-    finally:
-        if bar is not None:
-            bar.close()
-    print(f"{summary['out']}: {summary['certified_now']} images certified now, "
-          f"{summary['already_done']} already done, seed {summary['seed']}, {summary['seconds']:.1f} s")
-    return 0
+    return cli_dataset.run(args, model, "certify" if args.command == "certify-dataset" else "predict")
 
 
 def cmd_report(args) -> int:
@@ -282,7 +274,7 @@ def cmd_torch(args) -> int:
     except ImportError as exc:
         raise _CliError(f"`intengine {args.command}` needs the {extra} extra: install intengine[{extra}] "
                         f"({exc})") from None
-    sub = argparse.ArgumentParser(prog=f"intengine {args.command}")
+    sub = argparse.ArgumentParser(prog=f"intengine {args.command}", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(sub)
     sub_args = sub.parse_args(args.rest)
     rc = module.run(sub_args)
@@ -293,6 +285,7 @@ COMMANDS = {
     "certify": cmd_certify_or_predict,
     "predict": cmd_certify_or_predict,
     "certify-dataset": cmd_certify_dataset,
+    "predict-dataset": cmd_certify_dataset,
     "report": cmd_report,
     "info": cmd_info,
     "train": cmd_torch,

@@ -36,6 +36,23 @@ def load_cifar10(path, split: str = "test") -> tuple[np.ndarray, np.ndarray, lis
     return _check(x, y, names, path)
 
 
+DIGITS = "digits"  # scikit-learn's 8x8 digits, accepted wherever a dataset path is
+
+
+def load_dataset(spec, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``load_cifar10(spec, split)``, or the digits set when ``spec`` is ``"digits"``."""
+    if str(spec) == DIGITS:
+        if split not in SPLITS:
+            raise IntengineError(f"unknown split {split!r}; choose 'train' or 'test'")
+        return load_digits_uint8(split)
+    return load_cifar10(spec, split)
+
+
+def dataset_id(spec) -> str:
+    """How a run's metadata names its dataset: "digits" or the resolved path."""
+    return DIGITS if str(spec) == DIGITS else str(Path(spec).resolve())
+
+
 def _load_npz(path: Path, split: str):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -80,7 +97,10 @@ def _check(x, y, names, path):
 
 def load_digits_uint8(split: str = "test", seed: int = 0):
     """scikit-learn's 8x8 digits as uint8 (N, 8, 8, 1) in 0..255 (v*255/16 rounded), split 80/20 (fixed)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise IntengineError("the 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
 
     d = load_digits()
     x = np.floor(d.images * (255.0 / 16.0) + 0.5).astype(np.uint8)[..., None]

@@ -132,6 +132,12 @@ class Model:
     def parameter_count(self) -> int:
         return modelfile.parameter_count(self.tensors)
 
+    def __repr__(self) -> str:
+        h, w, c = self.input_shape
+        where = f", path={self.path!r}" if self.path else ""
+        return (f"Model(arch={self.description.get('arch', '?')!r}, input={h}x{w}x{c} uint8, "
+                f"classes={self.num_classes}, sigma={self.sigma:g}, parameters={self.parameter_count():,}{where})")
+
 
 def _last_use(plan, output):
     """For each step, the activation names whose last reader is that step (never the output)."""

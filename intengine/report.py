@@ -101,8 +101,32 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[Results], out_png, labels=None) -> None:
-    """Certified accuracy vs radius, one step curve per file, written to ``out_png``."""
+def run_meta(res: Results) -> dict:
+    """The sidecar ``<file>.meta.json`` of a results file written by intengine ({} when absent or unreadable)."""
+    import json
+
+    try:
+        meta = json.loads(Path(str(res.path) + ".meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def curve_label(res: Results) -> str:
+    """Legend text: model file, sigma and N from the run's sidecar, else the file name."""
+    meta = run_meta(res)
+    if not meta.get("model"):
+        return res.path.stem
+    parts = [Path(str(meta["model"])).name]
+    if meta.get("sigma") is not None:
+        parts.append(f"sigma {float(meta['sigma']):g}")
+    if meta.get("n") is not None:
+        parts.append(f"N {int(meta['n']):,}")
+    return f"{', '.join(parts)} ({res.path.name})"
+
+
+def plot(results: list[Results], out_png, labels=None) -> dict:
+    """Certified accuracy vs radius, one step curve per file, written to ``out_png``; returns title and labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,18 +134,22 @@ def plot(results: list[Results], out_png, labels=None) -> None:
 
     r_max = max([float(r.radius.max()) if len(r.radius) else 0.0 for r in results] + [0.5])
     grid = np.linspace(0.0, r_max * 1.05, 400)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k, res in enumerate(results):
-        name = labels[k] if labels else res.path.stem
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = list(labels) if labels else [curve_label(r) for r in results]
+    for name, res in zip(names, results):
         ax.plot(grid, 100 * certified_accuracy(res, grid), label=name, drawstyle="steps-post")
+    sizes = sorted({len(r.idx) for r in results})
+    title = f"Certified accuracy of the smoothed classifier ({'/'.join(map(str, sizes))} images)"
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("radius (l2, pixel scale [0,1])")
     ax.set_ylabel("certified accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+    return {"title": title, "labels": names}
 
 
 def parse_radii(text: str | None):

@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,13 +51,16 @@ def meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def select_indices(num_images: int, skip: int = 1, max_count: int | None = None) -> list[int]:
-    """Indices 0, skip, 2*skip, ... below num_images, at most max_count of them."""
+def select_indices(num_images: int, skip: int = 1, max_count: int | None = None,
+                   max_idx: int | None = None) -> list[int]:
+    """Indices 0, skip, 2*skip, ... below num_images and below max_idx (Cohen's --max), at most max_count."""
     if skip < 1:
         raise IntengineError(f"--skip must be >= 1, got {skip}")
     if max_count is not None and max_count < 0:
-        raise IntengineError(f"--max must be >= 0, got {max_count}")
-    idx = list(range(0, num_images, skip))
+        raise IntengineError(f"--max-images must be >= 0, got {max_count}")
+    if max_idx is not None and max_idx < 0:
+        raise IntengineError(f"--max must be >= 0, got {max_idx}")
+    idx = list(range(0, num_images if max_idx is None else min(num_images, max_idx), skip))
     return idx if max_count is None else idx[:max_count]
 
 
@@ -75,7 +80,20 @@ def format_row(idx: int, label: int, result) -> str:
     return "\t".join(fields) + "\n"
 
 
-def read_finished(out: Path) -> set[int]:
+@dataclass(frozen=True)
+class Layout:
+    """A results file kind: its sidecar ``kind``, its columns (the first ``checked`` must match on resume)."""
+
+    kind: str
+    columns: tuple
+    checked: int
+    format_row: Callable
+
+
+CERTIFY_LAYOUT = Layout(META_KIND, tuple(COLUMNS), len(COHEN_COLUMNS), format_row)
+
+
+def read_finished(out: Path, layout: Layout = CERTIFY_LAYOUT) -> set[int]:
     """idx of complete rows in ``out``; cuts off a partial last line in place. Raises on a foreign file."""
     with open(out, "rb+") as fh:
         data = fh.read()
@@ -88,13 +106,13 @@ def read_finished(out: Path) -> set[int]:
     lines = data.decode("utf-8", errors="replace").splitlines()
     if not lines:
         return set()
-    if lines[0].split("\t")[: len(COHEN_COLUMNS)] != COHEN_COLUMNS:
+    if tuple(lines[0].split("\t")[: layout.checked]) != layout.columns[: layout.checked]:
         raise IntengineError(f"{out} exists and is not an intengine results file (unexpected header)")
     done: set[int] = set()
     for k, line in enumerate(lines[1:], start=2):
         parts = line.split("\t")
-        if len(parts) != len(COLUMNS):
-            raise IntengineError(f"{out}: line {k} is malformed ({len(parts)} columns, expected {len(COLUMNS)})")
+        if len(parts) != len(layout.columns):
+            raise IntengineError(f"{out}: line {k} is malformed ({len(parts)} columns, expected {len(layout.columns)})")
         try:
             done.add(int(parts[0]))
         except ValueError:
@@ -111,7 +129,7 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
+def prepare_output(out: Path, meta: dict, layout: Layout = CERTIFY_LAYOUT) -> tuple[set[int], dict]:
     """Create or resume ``out``; returns (finished idx, the metadata in force).
 
     ``meta['seed']`` may be None (no --seed given): a fresh run then draws one and stores it, a
@@ -125,8 +143,8 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
             stored = json.loads(mp.read_text())
         except (OSError, ValueError):
             raise IntengineError(f"{mp} is not readable JSON; refusing to resume") from None
-        if stored.get("kind") != META_KIND:
-            raise IntengineError(f"{mp} is not an intengine certify-dataset sidecar")
+        if stored.get("kind") != layout.kind:
+            raise IntengineError(f"{mp} is not an {layout.kind} sidecar")
         wanted = dict(meta)
         if wanted.get("seed") is None:
             wanted["seed"] = stored.get("seed")
@@ -134,10 +152,10 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
         if diff:
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
             raise IntengineError(f"{out} was written with different options ({shown}); use another --out")
-        finished = read_finished(out)
+        finished = read_finished(out, layout)
         if out.stat().st_size == 0:  # killed while writing the header
             with open(out, "w") as fh:
-                fh.write(HEADER + "\n")
+                fh.write("\t".join(layout.columns) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
         if stored.get("max") != wanted.get("max"):
@@ -146,12 +164,12 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
         return finished, stored
     from intengine.smoothing import resolve_seed
 
-    meta = dict(meta, kind=META_KIND)
+    meta = dict(meta, kind=layout.kind)
     meta["seed"] = resolve_seed(meta.get("seed"))
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(mp, meta)
     with open(out, "w") as fh:
-        fh.write(HEADER + "\n")
+        fh.write("\t".join(layout.columns) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return set(), meta
@@ -161,60 +179,76 @@ def certify_dataset(model, model_path, data_path, out, *, split: str = "test", s
                     max_count: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                     batch: int = 1000, seed: int | None = None, sigma: float | None = None,
                     sampler: str = "table", backend: str = "numba", images=None,
-                    on_row=None, progress=None) -> dict:
+                    on_row=None, progress=None, max_idx: int | None = None, on_start=None) -> dict:
     """Run CERTIFY on the selected images of ``data_path`` and append rows to ``out``.
 
     ``images`` = (x uint8 (N,H,W,C), y int (N,)) overrides loading ``data_path`` (tests).
-    ``on_row(idx, label, result)`` is called after each row is on disk.  Returns a summary dict.
+    ``on_row(idx, label, result)`` is called after each row is on disk, ``on_start(to do, already
+    done)`` once before the first.  Returns a summary dict.
     """
-    from intengine.certificate import check_options
     from intengine.smoothing import certify
 
-    out = Path(out)
-    sigma = float(model.sigma if sigma is None else sigma)
-    check_options(sigma=sigma, alpha=alpha, n0=n0, n=n)
-    if images is None:
-        from intengine.datasets import load_cifar10
-
-        x, y, _names = load_cifar10(data_path, split=split)
-    else:
-        x, y = images
-    if tuple(x.shape[1:]) != tuple(model.input_shape):
-        raise IntengineError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}")
-    indices = select_indices(len(x), skip, max_count)
-    meta = {
-        "model": str(Path(model_path).resolve()) if model_path else None,
-        "model_sha256": file_sha256(model_path) if model_path else None,
-        "data": str(Path(data_path).resolve()) if data_path else None,
-        "split": split, "skip": int(skip), "max": max_count, "n0": int(n0), "n": int(n),
-        "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
-    }
+    x, y, indices, meta = dataset_run(model, model_path, data_path, split=split, skip=skip, max_count=max_count,
+                                      max_idx=max_idx, n0=n0, n=n, alpha=alpha, seed=seed, sigma=sigma,
+                                      sampler=sampler, images=images)
 
     def certify_one(idx, run_seed):
-        return certify(model, np.ascontiguousarray(x[idx]), sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch,
-                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress)
+        return certify(model, np.ascontiguousarray(x[idx]), sigma=meta["sigma"], n0=n0, n=n, alpha=alpha,
+                       batch=batch, seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx),
+                       progress=progress)
 
     t0 = time.perf_counter()
-    todo, meta = append_rows(out, meta, indices, y, certify_one, on_row)
+    todo, meta = append_rows(out, meta, indices, y, certify_one, on_row, on_start=on_start)
     return {
         "out": str(out), "selected": len(indices), "already_done": len(indices) - len(todo),
         "certified_now": len(todo), "seconds": time.perf_counter() - t0, "seed": meta["seed"],
     }
 
 
-def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None) -> tuple[list[int], dict]:
+def dataset_run(model, model_path, data_path, *, split, skip, max_count, max_idx, n0, n, alpha, seed, sigma,
+                sampler, images=None):
+    """(x, y, selected indices, run metadata) of a dataset run; checks options and image shapes."""
+    from intengine.certificate import check_options
+
+    sigma = float(model.sigma if sigma is None else sigma)
+    check_options(sigma=sigma, alpha=alpha, n0=max(1, n0), n=n)
+    if images is None:
+        from intengine.datasets import dataset_id, load_dataset
+
+        x, y, _names = load_dataset(data_path, split=split)
+        data_id = dataset_id(data_path)
+    else:
+        x, y = images
+        data_id = str(Path(data_path).resolve()) if data_path else None
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise IntengineError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}")
+    indices = select_indices(len(x), skip, max_count, max_idx)
+    meta = {
+        "model": str(Path(model_path).resolve()) if model_path else None,
+        "model_sha256": file_sha256(model_path) if model_path else None,
+        "data": data_id,
+        "split": split, "skip": int(skip), "max": max_count, "max_idx": max_idx, "n0": int(n0), "n": int(n),
+        "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
+    }
+    return x, y, indices, meta
+
+
+def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None, *,
+                layout: Layout = CERTIFY_LAYOUT, on_start=None) -> tuple[list[int], dict]:
     """Create or resume ``out`` (see :func:`prepare_output`) and append one row per index not yet in it.
 
     ``certify_one(idx, seed)`` returns a CERTIFY result (``seed`` is the run's, drawn and stored when
     ``meta['seed']`` is None); each row is written, flushed and fsync'ed before the next image starts,
     then ``on_row(idx, label, result)`` is called.  Returns (the indices certified now, the metadata).
     """
-    finished, meta = prepare_output(Path(out), meta)
+    finished, meta = prepare_output(Path(out), meta, layout)
     todo = [i for i in indices if i not in finished]
+    if on_start is not None:
+        on_start(len(todo), len(indices) - len(todo))
     with open(out, "a") as fh:
         for idx in todo:
             res = certify_one(idx, meta["seed"])
-            fh.write(format_row(idx, int(labels[idx]), res))
+            fh.write(layout.format_row(idx, int(labels[idx]), res))
             fh.flush()
             os.fsync(fh.fileno())
             if on_row is not None:

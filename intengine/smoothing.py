@@ -84,6 +84,18 @@ class SmoothingResult:
     failed_estimation: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        if self.abstain:
+            what = "ABSTAIN"
+        else:
+            what = f"label={self.label}" + (f" ({self.class_name})" if self.class_name else "")
+        if self.mode == "certify":
+            what += f", radius={self.radius:.6f}, radius_sq_int={self.radius_sq_int}, pA_lower={self.p_a_lower:.6f}"
+        else:
+            what += f", p_value={self.p_value:.3g}"
+        return (f"SmoothingResult({self.mode}: {what}, count_top={self.count_top}/{self.n}, sigma={self.sigma:g}, "
+                f"alpha={self.alpha:g}, seed={self.seed}, {self.seconds:.2f} s)")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("extra")
