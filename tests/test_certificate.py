@@ -1,5 +1,8 @@
 """Clopper-Pearson bounds, radius rule, int32 certificate tables, PREDICT thresholds, hot-path helpers."""
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -186,3 +189,27 @@ def test_hot_path_helpers_are_integer_only():
     assert_integer_only(cert.count_votes, ids, failed, counts)
     assert_integer_only(cert.lookup_radius_sq, table, np.int64(2))
     assert_integer_only(cert.is_certified, table, np.int64(2), np.int64(1))
+
+
+@pytest.mark.parametrize("n, alpha", [(100, 0.001), (10_000, 0.05), (100_000, 0.001), (1000, 1e-6)])
+def test_clopper_pearson_bounds_equal_scipy_stats_bit_for_bit(n, alpha):
+    # the certificate path uses scipy.special.betaincinv (no scipy.stats import at start-up);
+    # it must give exactly scipy.stats.beta.ppf's bits, so no radius changed with the switch
+    from scipy.stats import beta
+
+    from intengine import certificate
+
+    k = np.arange(1, n + 1, dtype=np.float64)
+    np.testing.assert_array_equal(certificate._lower_bounds(n, alpha)[1:],
+                                  beta.ppf(alpha, k, n - k + 1.0) * (1.0 - certificate.MARGIN))
+    for n_a in (1, n // 2, n - 1, n):
+        assert certificate.clopper_pearson_lower(n_a, n, alpha) == float(beta.ppf(alpha, n_a, n - n_a + 1))
+
+
+def test_certify_does_not_import_scipy_stats():
+    code = ("import sys, intengine.cli as c; "
+            "c.main(['certify', 'models/resnet20_sigma0.25.int8', 'examples/cat_chelsea.npy', '--n', '50', "
+            "'--n0', '10', '--seed', '0', '--json']); "
+            "assert 'scipy.stats' not in sys.modules, 'scipy.stats imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
+                   capture_output=True)
