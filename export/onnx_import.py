@@ -214,6 +214,9 @@ class _Importer:
                 if node.domain not in ("", "ai.onnx"):
                     _refuse(f"operator domain {node.domain!r} is not supported (standard QDQ operators only)")
                 handler = getattr(self, f"op_{node.op_type}", None)
+                if handler is None and node.op_type.startswith(("QLinear", "ConvInteger", "MatMulInteger")):
+                    _refuse("operator-oriented quantization (QOperator format) is not supported; quantize "
+                            "with QuantFormat.QDQ")
                 if handler is None:
                     _refuse("unsupported operator")
                 handler(node, what, _attrs(node))

@@ -273,6 +273,11 @@ def test_refuses_contrib_ops_and_float_graphs(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
     with pytest.raises(IntengineError, match=r"node 'r' \(Relu\): Relu / Clip must follow"):
         import_qdq(tmp_path / "f.onnx", sigma=0.5)
+    proto = small_qdq()
+    proto.graph.node[3].op_type = "QLinearConv"
+    onnx.save(proto, str(tmp_path / "qop.onnx"))
+    with pytest.raises(IntengineError, match=r"node 'conv1' \(QLinearConv\): operator-oriented quantization"):
+        import_qdq(tmp_path / "qop.onnx", sigma=0.5)
     (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
     with pytest.raises(IntengineError, match="not an ONNX model|opset"):
         import_qdq(tmp_path / "junk.onnx", sigma=0.5)
