@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=_positive_int("skip"), default=1, help="index stride (default 1)")
     p.add_argument("--max", type=int, default=None, help="certify at most this many images")
     _add_smoothing_options(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=_positive_int("workers"), default=None,
+                   help="run on a Dask LocalCluster of this many worker processes")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786", help="run on this Dask cluster")
+    p.add_argument("--threads-per-worker", type=_positive_int("threads-per-worker"), default=None,
+                   help="Numba threads per Dask worker (default: a machine's cores / its task slots)")
 
     p = sub.add_parser("report", help="certified-accuracy table (and plot) from results .tsv files")
     p.add_argument("results", nargs="+", help="results .tsv files")
@@ -219,14 +225,18 @@ def cmd_certify_dataset(args) -> int:
     from intengine.smoothing import set_threads
 
     _check_common(args)
+    executor = _cluster_executor(args)
     set_threads(args.threads)
     model = _load_model(args.model)
     bar = None
-    on_row = None
+    on_start = None
     if not args.no_progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(desc="images", unit="img", file=sys.stderr, dynamic_ncols=True)
+        def on_start(selected, done):
+            nonlocal bar
+            bar = tqdm(total=selected, initial=done, desc="images", unit="img", file=sys.stderr, dynamic_ncols=True)
+
         on_row = lambda idx, label, res: bar.update(1)
     else:
         def on_row(idx, label, res):
@@ -236,13 +246,29 @@ def cmd_certify_dataset(args) -> int:
         summary = certify_dataset(model, args.model, args.data, args.out, split=args.split, skip=args.skip,
                                   max_count=args.max, n0=args.n0, n=args.n, alpha=args.alpha,
                                   batch=args.batch, seed=args.seed, sigma=args.sigma, sampler=args.sampler,
-                                  backend=args.backend, on_row=on_row)
+                                  backend=args.backend, on_row=on_row, on_start=on_start, executor=executor)
     finally:
         if bar is not None:
             bar.close()
+    rate = summary["certified_now"] * 3600 / summary["seconds"] if summary["seconds"] > 0 else 0.0
     print(f"{summary['out']}: {summary['certified_now']} images certified now, "
-          f"{summary['already_done']} already done, seed {summary['seed']}, {summary['seconds']:.1f} s")
+          f"{summary['already_done']} already done, seed {summary['seed']}, {summary['seconds']:.1f} s, "
+          f"{rate:.0f} images/hour")
     return 0
+
+
+def _cluster_executor(args):
+    """A DaskExecutor for --workers / --scheduler, None for a run in this process."""
+    if args.workers is None and args.scheduler is None:
+        if args.threads_per_worker is not None:
+            raise IntengineError("--threads-per-worker needs --workers or --scheduler (use --threads)")
+        return None
+    if args.threads is not None:
+        raise IntengineError("--threads sets this process's threads; with a cluster use --threads-per-worker")
+    from intengine.cluster import DaskExecutor
+
+    return DaskExecutor(workers=args.workers, scheduler=args.scheduler, threads=args.threads_per_worker,
+                        log=lambda line: print(f"intengine: {line}", file=sys.stderr, flush=True))
 
 
 def cmd_report(args) -> int:
