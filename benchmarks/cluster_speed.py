@@ -48,7 +48,7 @@ def scheduler_overhead(rounds: int = 200, burst: int = 400) -> dict:
 
     from distributed import Client, LocalCluster, wait
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, silence_logs=logging.ERROR) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:
         client.submit(noop, -1, pure=False).result()  # warm
         t0 = time.perf_counter()

@@ -127,7 +127,7 @@ class DaskExecutor:
             env["NUMBA_NUM_THREADS"] = str(self.threads)
         cluster = distributed.LocalCluster(
             n_workers=self.workers, threads_per_worker=1, processes=True,
-            silence_logs=logging.ERROR, env=env)
+            silence_logs=logging.CRITICAL, env=env)
         try:
             client = distributed.Client(cluster, set_as_default=False)
         except BaseException:
