@@ -205,6 +205,18 @@ def test_cluster_flag_errors(capsys, data, tmp_path, monkeypatch):
     assert err.startswith("intengine: error: cannot reach the Dask scheduler") and err.count("\n") == 1
 
 
+def test_worker_model_checked_and_parsed_once():
+    from intengine import cluster
+
+    data = MODEL.read_bytes()
+    sha = runs.file_sha256(MODEL)
+    with pytest.raises(IntengineError, match="do not match"):
+        cluster._worker_model(data[:-1], sha)
+    first = cluster._worker_model(data, sha)
+    assert cluster._worker_model(data, sha) is first and first.num_classes == 10
+    assert cluster._worker_threads(3) == 3
+
+
 # --------------------------------------------------------------------------- cluster runs
 # One serial reference for all of them: 24 images, N = 100 (each cluster run costs a few seconds
 # of worker start-up; 24 images leave work to do when something is killed after the first row).
