@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run at most this many of the selected images (default: all)")
         _add_smoothing_options(p, certify=name == "certify-dataset")
         p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+        if name == "certify-dataset":  # one task per image on Dask (intengine.cluster)
+            g = p.add_mutually_exclusive_group()
+            g.add_argument("--workers", type=_positive_int("workers"), default=None,
+                           help="run on a Dask LocalCluster of this many worker processes (default: in process)")
+            g.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                           help="run on this running Dask cluster")
+            p.add_argument("--threads-per-worker", type=_positive_int("threads-per-worker"), default=None,
+                           help="Numba threads per Dask worker (default: a machine's cores / its task slots)")
 
     p = sub.add_parser("report", help="certified-accuracy table (and plot) from results .tsv files")
     p.add_argument("results", nargs="+", help="results .tsv files")
@@ -233,9 +241,25 @@ def cmd_certify_dataset(args) -> int:
     from intengine.notices import set_threads_noting_cap
 
     _check_common(args)
-    set_threads_noting_cap(args.threads)
+    executor = _cluster_executor(args) if args.command == "certify-dataset" else None
+    if executor is None:
+        set_threads_noting_cap(args.threads)
     model = _load_model(args.model)
-    return cli_dataset.run(args, model, "certify" if args.command == "certify-dataset" else "predict")
+    return cli_dataset.run(args, model, "certify" if args.command == "certify-dataset" else "predict", executor)
+
+
+def _cluster_executor(args):
+    """A DaskExecutor for --workers / --scheduler, None for a run in this process."""
+    if args.workers is None and args.scheduler is None:
+        if args.threads_per_worker is not None:
+            raise IntengineError("--threads-per-worker needs --workers or --scheduler (use --threads)")
+        return None
+    if args.threads is not None:
+        raise IntengineError("--threads sets this process's threads; with a cluster use --threads-per-worker")
+    from intengine.cluster import DaskExecutor
+
+    return DaskExecutor(workers=args.workers, scheduler=args.scheduler, threads=args.threads_per_worker,
+                        log=lambda line: print(f"intengine: {line}", file=sys.stderr, flush=True))
 
 
 def cmd_report(args) -> int:

@@ -36,7 +36,7 @@ class _Progress:
             self.bar.close()
 
 
-def run(args, model, mode: str) -> int:
+def run(args, model, mode: str, executor=None) -> int:
     from intengine.api import dataset_result
     from intengine.notices import compile_notice
 
@@ -49,7 +49,8 @@ def run(args, model, mode: str) -> int:
         if mode == "certify":
             from intengine.runs import certify_dataset
 
-            summary = certify_dataset(model, args.model, args.data, args.out, n0=args.n0, **common)
+            summary = certify_dataset(model, args.model, args.data, args.out, n0=args.n0, executor=executor,
+                                      **common)
         else:
             from intengine.predict_runs import predict_dataset
 
@@ -61,6 +62,8 @@ def run(args, model, mode: str) -> int:
         print(json.dumps(result.to_dict()))
     else:
         word = "certified" if mode == "certify" else "predicted"
-        print(f"{result.out}: {result.done_now} images {word} now, {result.already_done} already done, seed {result.seed}, {result.seconds:.1f} s; "
+        rate = result.done_now * 3600 / result.seconds if result.seconds > 0 else 0.0
+        print(f"{result.out}: {result.done_now} images {word} now, {result.already_done} already done, "
+              f"seed {result.seed}, {result.seconds:.1f} s ({rate:.0f} images/hour); "
               f"accuracy {100 * result.accuracy:.1f}% over {result.rows} images")
     return 0

@@ -8,7 +8,9 @@ scripts work; further columns carry the integer certificate and the raw counts:
     radius_sq_int  count_top  failed  seconds  counts_selection  counts_estimation
 
 (counts as comma-separated integers, one per class).  Each row is written, flushed and
-fsync'ed before the next image starts.
+fsync'ed as soon as its image is done; rows are in completion order (``idx`` order in a serial
+run, any order on a cluster, see :mod:`intengine.cluster`), and readers never rely on the order.
+One run at a time writes a file (:mod:`intengine.outlock`); a second run on it is refused.
 
 A sidecar ``results.tsv.meta.json`` records the options that determine the results (model
 file hash, data file, split, skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
@@ -175,30 +177,57 @@ def prepare_output(out: Path, meta: dict, layout: Layout = CERTIFY_LAYOUT) -> tu
     return set(), meta
 
 
+@dataclass(frozen=True)
+class CertifyOptions:
+    """The options that, with the model, image, seed and image index, determine a row."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    batch: int
+    sampler: str
+    backend: str
+
+
+def certify_image(model, image, idx: int, seed: int, opts: CertifyOptions, progress=None):
+    """CERTIFY of one dataset image: a pure function of its arguments (noise is keyed by ``idx``).
+
+    The serial run and every cluster worker call this, so their rows are identical."""
+    from intengine.smoothing import certify
+
+    return certify(model, np.ascontiguousarray(image), sigma=opts.sigma, n0=opts.n0, n=opts.n, alpha=opts.alpha,
+                   batch=opts.batch, seed=seed, sampler=opts.sampler, backend=opts.backend,
+                   image_index=int(idx), progress=progress)
+
+
 def certify_dataset(model, model_path, data_path, out, *, split: str = "test", skip: int = 1,
                     max_count: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                     batch: int = 1000, seed: int | None = None, sigma: float | None = None,
                     sampler: str = "table", backend: str = "numba", images=None,
-                    on_row=None, progress=None, max_idx: int | None = None, on_start=None) -> dict:
+                    on_row=None, progress=None, max_idx: int | None = None, on_start=None, executor=None) -> dict:
     """Run CERTIFY on the selected images of ``data_path`` and append rows to ``out``.
 
     ``images`` = (x uint8 (N,H,W,C), y int (N,)) overrides loading ``data_path`` (tests).
     ``on_row(idx, label, result)`` is called after each row is on disk, ``on_start(to do, already
-    done)`` once before the first.  Returns a summary dict.
+    done)`` once before the first. ``executor(model_path, model_sha256, x, opts, todo, seed)`` yields
+    ``(idx, result)`` in completion order (e.g. :class:`intengine.cluster.DaskExecutor`); None
+    certifies in this process, in idx order.  Returns a summary dict.
     """
-    from intengine.smoothing import certify
-
     x, y, indices, meta = dataset_run(model, model_path, data_path, split=split, skip=skip, max_count=max_count,
                                       max_idx=max_idx, n0=n0, n=n, alpha=alpha, seed=seed, sigma=sigma,
                                       sampler=sampler, images=images)
+    opts = CertifyOptions(sigma=meta["sigma"], n0=int(n0), n=int(n), alpha=float(alpha), batch=int(batch),
+                          sampler=sampler, backend=backend)
 
     def certify_one(idx, run_seed):
-        return certify(model, np.ascontiguousarray(x[idx]), sigma=meta["sigma"], n0=n0, n=n, alpha=alpha,
-                       batch=batch, seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx),
-                       progress=progress)
+        return certify_image(model, x[idx], idx, run_seed, opts, progress)
 
+    distribute = None
+    if executor is not None:
+        distribute = lambda todo, run_seed: executor(model_path, meta["model_sha256"], x, opts, todo, run_seed)
     t0 = time.perf_counter()
-    todo, meta = append_rows(out, meta, indices, y, certify_one, on_row, on_start=on_start)
+    todo, meta = append_rows(out, meta, indices, y, certify_one, on_row, on_start=on_start, distribute=distribute)
     return {
         "out": str(out), "selected": len(indices), "already_done": len(indices) - len(todo),
         "certified_now": len(todo), "seconds": time.perf_counter() - t0, "seed": meta["seed"],
@@ -234,23 +263,50 @@ def dataset_run(model, model_path, data_path, *, split, skip, max_count, max_idx
 
 
 def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None, *,
-                layout: Layout = CERTIFY_LAYOUT, on_start=None) -> tuple[list[int], dict]:
+                layout: Layout = CERTIFY_LAYOUT, on_start=None, distribute=None) -> tuple[list[int], dict]:
     """Create or resume ``out`` (see :func:`prepare_output`) and append one row per index not yet in it.
 
-    ``certify_one(idx, seed)`` returns a CERTIFY result (``seed`` is the run's, drawn and stored when
-    ``meta['seed']`` is None); each row is written, flushed and fsync'ed before the next image starts,
-    then ``on_row(idx, label, result)`` is called.  Returns (the indices certified now, the metadata).
+    ``certify_one(idx, seed)`` returns a result (``seed`` is the run's, drawn and stored when
+    ``meta['seed']`` is None); ``distribute(todo, seed)``, when given, replaces it and yields
+    ``(idx, result)`` in any order.  The output's lock (:mod:`intengine.outlock`) is held throughout;
+    each row is written, flushed and fsync'ed as it arrives, then ``on_row(idx, label, result)`` is
+    called.  Returns (the indices certified now, the metadata).
     """
-    finished, meta = prepare_output(Path(out), meta, layout)
-    todo = [i for i in indices if i not in finished]
-    if on_start is not None:
-        on_start(len(todo), len(indices) - len(todo))
-    with open(out, "a") as fh:
-        for idx in todo:
-            res = certify_one(idx, meta["seed"])
-            fh.write(layout.format_row(idx, int(labels[idx]), res))
-            fh.flush()
-            os.fsync(fh.fileno())
-            if on_row is not None:
-                on_row(idx, int(labels[idx]), res)
+    from intengine import outlock
+
+    with outlock.hold(out):
+        finished, meta = prepare_output(Path(out), meta, layout)
+        todo = [i for i in indices if i not in finished]
+        if on_start is not None:
+            on_start(len(todo), len(indices) - len(todo))
+        if distribute is None:
+            rows = ((idx, certify_one(idx, meta["seed"])) for idx in todo)
+        else:
+            rows = distribute(todo, meta["seed"])
+        write_rows(out, rows, todo, labels, on_row, layout)
     return todo, meta
+
+
+def write_rows(out: Path, rows, todo, labels, on_row=None, layout: Layout = CERTIFY_LAYOUT) -> None:
+    """Append ``(idx, result)`` rows as they come, each on disk before the next; each idx of ``todo`` once.
+
+    Raises if ``rows`` ends before every idx of ``todo`` has its row (a row it yields twice or
+    outside ``todo`` is a bug in the executor, refused rather than written)."""
+    wanted = set(todo)
+    try:
+        with open(out, "a") as fh:
+            for idx, res in rows:
+                if idx not in wanted:
+                    raise RuntimeError(f"executor returned image {idx} twice or outside the run")
+                wanted.discard(idx)
+                fh.write(layout.format_row(idx, int(labels[idx]), res))
+                fh.flush()
+                os.fsync(fh.fileno())
+                if on_row is not None:
+                    on_row(idx, int(labels[idx]), res)
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()  # stops a cluster executor (its tasks, its LocalCluster) on any exit
+    if wanted:
+        raise RuntimeError(f"executor ended with {len(wanted)} images not certified")
