@@ -2,7 +2,9 @@
 
 Parallel over output rows ``(n, oh)``; out-of-range taps are skipped, which is
 the reference's "padding never wins" (``padding < kernel`` keeps every window
-non-empty).  Comparisons only.
+non-empty).  Comparisons only. Each window's running maximum lives in a per-task
+row that cannot alias the input, so LLVM vectorizes the channel loop
+(``vpmaxub``, 32 channels per instruction on AVX2).
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ def _max_pool_kernel(x, kernel, stride, padding, out):
     for task in prange(n_batch * out_h):
         n = task // out_h
         oh = task - n * out_h
+        best = np.empty(channels, dtype=np.uint8)
         for ow in range(out_w):
-            for c in range(channels):
-                out[n, oh, ow, c] = np.uint8(0)
+            best[:] = 0
             for i in range(kernel):
                 ih = oh * stride - padding + i
                 if ih < 0 or ih >= height:
@@ -31,9 +33,10 @@ def _max_pool_kernel(x, kernel, stride, padding, out):
                     iw = ow * stride - padding + j
                     if iw < 0 or iw >= width:
                         continue
+                    src = x[n, ih, iw]
                     for c in range(channels):
-                        if x[n, ih, iw, c] > out[n, oh, ow, c]:
-                            out[n, oh, ow, c] = x[n, ih, iw, c]
+                        best[c] = max(best[c], src[c])
+            out[n, oh, ow] = best
 
 
 def max_pool(x, kernel, stride, padding):
