@@ -24,7 +24,8 @@ def _max_pool_kernel(x, kernel, stride, padding, out):
         oh = task - n * out_h
         best = np.empty(channels, dtype=np.uint8)
         for ow in range(out_w):
-            best[:] = 0
+            for c in range(channels):  # explicit loops: Numba's slice assignment sizes with float math
+                best[c] = 0
             for i in range(kernel):
                 ih = oh * stride - padding + i
                 if ih < 0 or ih >= height:
@@ -36,7 +37,9 @@ def _max_pool_kernel(x, kernel, stride, padding, out):
                     src = x[n, ih, iw]
                     for c in range(channels):
                         best[c] = max(best[c], src[c])
-            out[n, oh, ow] = best
+            dst = out[n, oh, ow]
+            for c in range(channels):
+                dst[c] = best[c]
 
 
 def max_pool(x, kernel, stride, padding):
