@@ -11,7 +11,8 @@ scripts work; further columns carry the integer certificate and the raw counts:
 fsync'ed before the next image starts.
 
 A sidecar ``results.tsv.meta.json`` records the options that determine the results (model
-file hash, data file, split, skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
+file hash and tensor digest, data file and the sha256 of the selected split's arrays, split,
+skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
 command resumes: finished ``idx`` are read back and skipped, a partial last line (process
 killed mid-write) is cut off, and a run whose options differ is refused.
 """
@@ -34,7 +35,7 @@ COLUMNS = COHEN_COLUMNS + EXTRA_COLUMNS
 HEADER = "\t".join(COLUMNS)
 META_KIND = "intengine.certify_dataset"
 # Options that must match for a resume (max may change: it only truncates the index list).
-RESUME_KEYS = ("model_sha256", "data", "split", "skip", "n0", "n", "alpha", "sigma", "sampler", "seed")
+RESUME_KEYS = ("model_sha256", "data", "data_sha256", "split", "skip", "n0", "n", "alpha", "sigma", "sampler", "seed")
 
 
 def file_sha256(path) -> str:
@@ -104,11 +105,15 @@ def read_finished(out: Path) -> set[int]:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
@@ -117,8 +122,12 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
     ``meta['seed']`` may be None (no --seed given): a fresh run then draws one and stores it, a
     resumed run takes the stored one.  Any other difference in RESUME_KEYS is refused.
     """
+    from intengine.safeio import check_regular_or_absent
+
     mp = meta_path(out)
-    if out.exists() and out.stat().st_size > 0:
+    out_exists = check_regular_or_absent(out, "results file")
+    check_regular_or_absent(mp, "results sidecar")
+    if out_exists and out.stat().st_size > 0:
         if not mp.exists():
             raise IntengineError(f"{out} exists but {mp.name} is missing; refusing to append (use another --out)")
         try:
@@ -131,6 +140,10 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
         if wanted.get("seed") is None:
             wanted["seed"] = stored.get("seed")
         diff = [k for k in RESUME_KEYS if stored.get(k) != wanted.get(k)]
+        if "data_sha256" in diff:
+            raise IntengineError(f"{out}: the data differs from the data this run started on (sha256 of the "
+                                 f"selected split {str(stored.get('data_sha256'))[:12]}... -> "
+                                 f"{str(wanted.get('data_sha256'))[:12]}...); refusing to resume, use another --out")
         if diff:
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
             raise IntengineError(f"{out} was written with different options ({shown}); use another --out")
@@ -161,7 +174,7 @@ def certify_dataset(model, model_path, data_path, out, *, split: str = "test", s
                     max_count: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                     batch: int = 1000, seed: int | None = None, sigma: float | None = None,
                     sampler: str = "table", backend: str = "numba", images=None,
-                    on_row=None, progress=None) -> dict:
+                    on_row=None, progress=None, memory_budget: int | None = None) -> dict:
     """Run CERTIFY on the selected images of ``data_path`` and append rows to ``out``.
 
     ``images`` = (x uint8 (N,H,W,C), y int (N,)) overrides loading ``data_path`` (tests).
@@ -182,17 +195,24 @@ def certify_dataset(model, model_path, data_path, out, *, split: str = "test", s
     if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise IntengineError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}")
     indices = select_indices(len(x), skip, max_count)
+    from intengine.datasets import arrays_sha256
+    from intengine.modelfile import tensors_digest
+
+    tensors = getattr(model, "tensors", None)
     meta = {
         "model": str(Path(model_path).resolve()) if model_path else None,
         "model_sha256": file_sha256(model_path) if model_path else None,
+        "model_tensors_sha256": tensors_digest(tensors) if tensors is not None else None,
         "data": str(Path(data_path).resolve()) if data_path else None,
+        "data_sha256": arrays_sha256(x, y),
         "split": split, "skip": int(skip), "max": max_count, "n0": int(n0), "n": int(n),
         "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
     }
 
     def certify_one(idx, run_seed):
         return certify(model, np.ascontiguousarray(x[idx]), sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch,
-                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress)
+                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress,
+                       memory_budget=memory_budget)
 
     t0 = time.perf_counter()
     todo, meta = append_rows(out, meta, indices, y, certify_one, on_row)
@@ -209,14 +229,19 @@ def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None
     ``meta['seed']`` is None); each row is written, flushed and fsync'ed before the next image starts,
     then ``on_row(idx, label, result)`` is called.  Returns (the indices certified now, the metadata).
     """
-    finished, meta = prepare_output(Path(out), meta)
-    todo = [i for i in indices if i not in finished]
-    with open(out, "a") as fh:
-        for idx in todo:
-            res = certify_one(idx, meta["seed"])
-            fh.write(format_row(idx, int(labels[idx]), res))
-            fh.flush()
-            os.fsync(fh.fileno())
-            if on_row is not None:
-                on_row(idx, int(labels[idx]), res)
+    from intengine.safeio import write_error
+
+    try:
+        finished, meta = prepare_output(Path(out), meta)
+        todo = [i for i in indices if i not in finished]
+        with open(out, "a") as fh:
+            for idx in todo:
+                res = certify_one(idx, meta["seed"])
+                fh.write(format_row(idx, int(labels[idx]), res))
+                fh.flush()  # a partial row left by a full disk is cut off on resume
+                os.fsync(fh.fileno())
+                if on_row is not None:
+                    on_row(idx, int(labels[idx]), res)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     return todo, meta
