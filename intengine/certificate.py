@@ -34,16 +34,17 @@ TABLE_VERSION = 1
 # far inside this margin; the mpmath check below confirms it entry by entry on a sample.
 MARGIN = 1e-12
 INT32_MAX = 2**31 - 1
-# alpha range in which the construction is verified sound (tests/test_hostile_certificate.py: every
-# entry by scipy's betainc for N up to 10^6, the 40 entries nearest nA = N in 50-digit mpmath).
+# alpha range in which the construction is verified sound (tests/test_hostile_certificate.py and
+# docs/certificate.md: every entry by scipy's betainc, the entries nearest nA = N in 50-digit mpmath).
 # Below ~1e-100 scipy's beta.ppf and betainc both lose accuracy near nA = N (alpha = 1e-300, N = 10^5:
 # 33 of the top 40 entries unsound); alpha > 1/2 certifies nothing useful.
 ALPHA_MIN = 1e-12
 ALPHA_MAX = 0.5
 # --n / --n0 bound: the table and its float64 build temporaries take ~90 bytes per entry (0.9 GB at
-# 10^7), beta.ppf takes ~4 us per entry (~40 s at 10^7), and 10^7 noisy samples already take minutes
-# per image; all counts stay far inside int32/int64.
+# 10^7), the build ~5 us per entry (minutes at 10^7), and 10^7 noisy samples already take minutes
+# per image; all counts stay far inside int32/int64 (docs/certificate.md, "Allowed ranges").
 MAX_N = 10**7
+MAX_SIGMA = 4096 / 255  # kernels.sampler accepts sigma_int^2 <= 2^24
 # Relative slack when re-checking a table in float64 (scipy's betainc/ndtr are accurate to ~1e-14
 # relative in the allowed range, see above).
 CHECK_SLACK = 1e-9
@@ -61,6 +62,9 @@ def check_options(*, sigma=None, alpha=None, n0=None, n=None) -> None:
     if sigma is not None:
         if not (math.isfinite(float(sigma)) and float(sigma) > 0):
             raise IntengineError(f"sigma must be a finite number > 0, got {sigma}")
+        if float(sigma) > MAX_SIGMA:
+            raise IntengineError(f"sigma must be at most {MAX_SIGMA:.4g} (4096 grid units, the samplers' bound), "
+                                 f"got {float(sigma):.4g}")
     if alpha is not None:
         if not (math.isfinite(float(alpha)) and ALPHA_MIN <= alpha <= ALPHA_MAX):
             raise IntengineError(f"alpha must be in [{ALPHA_MIN:g}, {ALPHA_MAX:g}] (the range in which the "

@@ -140,6 +140,9 @@ def prepare_output(out: Path, meta: dict) -> tuple[set[int], dict]:
         if wanted.get("seed") is None:
             wanted["seed"] = stored.get("seed")
         diff = [k for k in RESUME_KEYS if stored.get(k) != wanted.get(k)]
+        if "data_sha256" in diff and stored.get("data_sha256") is None:
+            raise IntengineError(f"{mp.name} records no data hash (written by an older intengine); refusing to "
+                                 "resume on data that cannot be checked, use another --out")
         if "data_sha256" in diff:
             raise IntengineError(f"{out}: the data differs from the data this run started on (sha256 of the "
                                  f"selected split {str(stored.get('data_sha256'))[:12]}... -> "

@@ -127,7 +127,7 @@ CLI_OPTIONS = [
     (["--n", "abc"], "--n"), (["--n0", "0"], "n0 must"), (["--alpha", "1e-300"], "alpha"),      # B11
     (["--alpha", "0.6"], "alpha"), (["--alpha", "nan"], "alpha"), (["--alpha", "inf"], "alpha"),
     (["--alpha", "-1"], "alpha"), (["--alpha", "x"], "alpha"), (["--sigma", "0"], "sigma"),
-    (["--sigma", "nan"], "sigma"), (["--sigma", "-inf"], "sigma"), (["--sigma", "abc"], "sigma"),
+    (["--sigma", "nan"], "sigma"), (["--sigma", "1e300"], "at most"), (["--sigma", "1e-300"], "sigma"), (["--sigma", "-inf"], "sigma"), (["--sigma", "abc"], "sigma"),
     (["--batch", "0"], "batch"), (["--batch", "-3"], "batch"), (["--seed", "-1"], "seed"),
     (["--seed", str(2**64)], "seed"), (["--seed", "abc"], "seed"), (["--threads", "0"], "threads"),
     (["--memory-budget", "0"], "memory budget"), (["--memory-budget", "abc"], "memory budget"),

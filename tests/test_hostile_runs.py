@@ -189,3 +189,15 @@ def test_b9_model_digest_recorded(tmp_path, monkeypatch):
     runs.certify_dataset(model, path, "d", out, images=(x, np.zeros(1, np.int64)), n0=2, n=4, batch=4, seed=1)
     meta = __import__("json").loads(runs.meta_path(out).read_text())
     assert meta["model_tensors_sha256"] == modelfile.tensors_digest(model.tensors)
+
+
+def test_b9_sidecar_without_data_hash_is_not_resumed(setup):
+    import json
+
+    out = setup[3]
+    _run(setup, max_count=2)
+    meta = json.loads(runs.meta_path(out).read_text())
+    del meta["data_sha256"]
+    runs.meta_path(out).write_text(json.dumps(meta))
+    with pytest.raises(IntengineError, match="records no data hash"):
+        _run(setup)
