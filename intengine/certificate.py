@@ -34,6 +34,20 @@ TABLE_VERSION = 1
 # far inside this margin; the mpmath check below confirms it entry by entry on a sample.
 MARGIN = 1e-12
 INT32_MAX = 2**31 - 1
+# alpha range in which the construction is verified sound (tests/test_hostile_certificate.py and
+# docs/certificate.md: every entry by scipy's betainc, the entries nearest nA = N in 50-digit mpmath).
+# Below ~1e-100 scipy's beta.ppf and betainc both lose accuracy near nA = N (alpha = 1e-300, N = 10^5:
+# 33 of the top 40 entries unsound); alpha > 1/2 certifies nothing useful.
+ALPHA_MIN = 1e-12
+ALPHA_MAX = 0.5
+# --n / --n0 bound: the table and its float64 build temporaries take ~90 bytes per entry (0.9 GB at
+# 10^7), the build ~5 us per entry (minutes at 10^7), and 10^7 noisy samples already take minutes
+# per image; all counts stay far inside int32/int64 (docs/certificate.md, "Allowed ranges").
+MAX_N = 10**7
+MAX_SIGMA = 4096 / 255  # kernels.sampler accepts sigma_int^2 <= 2^24
+# Relative slack when re-checking a table in float64 (scipy's betainc/ndtr are accurate to ~1e-14
+# relative in the allowed range, see above).
+CHECK_SLACK = 1e-9
 
 _memory_cache: dict[tuple, np.ndarray] = {}
 _predict_cache: dict[tuple, np.ndarray] = {}
@@ -44,17 +58,20 @@ _predict_cache: dict[tuple, np.ndarray] = {}
 # ---------------------------------------------------------------------------
 
 def check_options(*, sigma=None, alpha=None, n0=None, n=None) -> None:
-    """Raise IntengineError for sigma <= 0, alpha outside (0, 1), n0 or n < 1."""
+    """Raise IntengineError for sigma <= 0, alpha outside [ALPHA_MIN, ALPHA_MAX], n0 or n outside [1, MAX_N]."""
     if sigma is not None:
         if not (math.isfinite(float(sigma)) and float(sigma) > 0):
             raise IntengineError(f"sigma must be a finite number > 0, got {sigma}")
+        if float(sigma) > MAX_SIGMA:
+            raise IntengineError(f"sigma must be at most {MAX_SIGMA:.4g} (4096 grid units, the samplers' bound), "
+                                 f"got {float(sigma):.4g}")
     if alpha is not None:
-        if not (math.isfinite(float(alpha)) and 0.0 < alpha < 1.0):
-            raise IntengineError(f"alpha must be in (0, 1), got {alpha}")
-    if n0 is not None and (int(n0) != n0 or n0 < 1):
-        raise IntengineError(f"n0 must be an integer >= 1, got {n0}")
-    if n is not None and (int(n) != n or n < 1):
-        raise IntengineError(f"n must be an integer >= 1, got {n}")
+        if not (math.isfinite(float(alpha)) and ALPHA_MIN <= alpha <= ALPHA_MAX):
+            raise IntengineError(f"alpha must be in [{ALPHA_MIN:g}, {ALPHA_MAX:g}] (the range in which the "
+                                 f"certificate table is verified sound), got {alpha}")
+    for name, v in (("n0", n0), ("n", n)):
+        if v is not None and (int(v) != v or not 1 <= v <= MAX_N):
+            raise IntengineError(f"{name} must be an integer in [1, {MAX_N:.0e}], got {v}")
 
 
 def sigma_sq_int(sigma) -> Fraction:
@@ -129,7 +146,33 @@ def _build_table(n: int, alpha: float, sigma_sq: Fraction) -> tuple[np.ndarray, 
     m = np.ceil(r_sq) - 1.0                             # largest integer strictly below r_sq
     m = np.minimum(m, float(INT32_MAX))
     table[ok] = m.astype(np.int64)
+    # The exact bound increases with nA; float noise can break that by an entry or two.  A suffix
+    # minimum restores it and only ever lowers entries, so it cannot make an entry unsound.
+    table = np.minimum.accumulate(table[::-1])[::-1]
     return table.astype(np.int32), p
+
+
+def table_is_sound(table: np.ndarray, n: int, alpha: float, sigma_sq: Fraction) -> bool:
+    """Check every entry of a certificate table (a fresh or a cached one) in float64.
+
+    ``table[nA] = m >= 0`` is sound iff ``m < R_int(nA)^2``, i.e. iff ``q = Phi(sqrt(m) / sigma_int)``
+    lies below the exact Clopper-Pearson bound, i.e. iff ``P[Bin(N, q) >= nA] = I_q(nA, N - nA + 1)
+    < alpha`` (the tail increases with q).  Checked with CHECK_SLACK to spare; also int32 (N+1,),
+    entries in [-1, 2^31), nondecreasing.  ~0.1 s for N = 10^5."""
+    from scipy.special import betainc, ndtr
+
+    if not isinstance(table, np.ndarray) or table.dtype != np.int32 or table.shape != (n + 1,):
+        return False
+    t = table.astype(np.int64)
+    if t.min() < -1 or np.any(np.diff(t) < 0) or t[0] != -1:
+        return False
+    nz = np.flatnonzero(t >= 0)
+    if nz.size == 0:
+        return True
+    q = ndtr(np.sqrt(t[nz].astype(np.float64)) / math.sqrt(float(sigma_sq)))
+    with np.errstate(all="ignore"):
+        tail = betainc(nz.astype(np.float64), n - nz + 1.0, q)
+    return bool(np.all(tail < alpha * (1.0 - CHECK_SLACK)))
 
 
 def binomial_upper_tail_mp(n: int, k: int, p):
@@ -178,7 +221,7 @@ def _verify_entries(table: np.ndarray, p: np.ndarray, n: int, alpha: float, sigm
     nz = np.flatnonzero(table >= 0)
     if nz.size == 0:
         return
-    picks = {int(nz[0]), int(nz[-1]), int(nz[min(1, nz.size - 1)])}
+    picks = {int(nz[0]), int(nz[min(1, nz.size - 1)])} | {int(v) for v in nz[-8:]}  # nA near N: hardest
     rng = np.random.default_rng(n * 1000003 + int(alpha * 1e9) % 1000003)
     picks.update(int(v) for v in rng.choice(nz, size=min(n_check, nz.size), replace=False))
     with mpmath.workdps(40):
@@ -211,19 +254,25 @@ def _cache_key(n: int, alpha: float, sigma_sq: Fraction) -> tuple[str, dict]:
     return f"cert_n{n}_{digest}", meta
 
 
-def _load_cached(stem: str, meta: dict, n: int) -> np.ndarray | None:
+def _load_cached(stem: str, meta: dict, n: int, alpha: float, sigma_sq: Fraction) -> np.ndarray | None:
+    from intengine.npyfile import load_npy
+    from intengine.safeio import open_regular
+
     d = cache_dir()
     try:
-        with open(d / f"{stem}.json") as fh:
-            stored = json.load(fh)
-        if any(stored.get(k) != v for k, v in meta.items()):
+        with open_regular(d / f"{stem}.json", "cache file") as fh:
+            stored = json.loads(fh.read(1 << 16))
+        if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in meta.items()):
             return None
-        table = np.load(d / f"{stem}.npy", allow_pickle=False)
-    except (OSError, ValueError):
+        table = load_npy(d / f"{stem}.npy", "cache file", max_bytes=4 * (n + 1) + 4096)
+    except (OSError, ValueError, IntengineError):
         return None
     if table.dtype != np.int32 or table.shape != (n + 1,):
         return None
     if hashlib.sha256(table.tobytes()).hexdigest() != stored.get("sha256"):
+        return None
+    # the hash only catches accidents: anyone who can write the cache can rewrite it too
+    if not table_is_sound(table, n, alpha, sigma_sq):
         return None
     return table
 
@@ -246,8 +295,8 @@ def _store_cached(stem: str, meta: dict, table: np.ndarray) -> None:
 def certificate_table(n: int, alpha: float, sigma_sq: Fraction, *, use_disk: bool = True) -> np.ndarray:
     """int32 (N+1,): ``table[nA]`` = largest integer m < R_int(nA)^2, or -1 (abstain).
 
-    Cached in memory and on disk (``.npy`` + ``.json`` under :func:`cache_dir`).  Nondecreasing
-    in nA.  ``sigma_sq`` is the exact integer-unit variance (see :func:`sigma_sq_int`).
+    Cached in memory and on disk (``.npy`` + ``.json`` under :func:`cache_dir`); a table read from
+    disk is used only after :func:`table_is_sound` has checked every entry.  Nondecreasing in nA.  ``sigma_sq`` is the exact integer-unit variance (see :func:`sigma_sq_int`).
     """
     check_options(alpha=alpha, n=n)
     sigma_sq = Fraction(sigma_sq)
@@ -258,10 +307,12 @@ def certificate_table(n: int, alpha: float, sigma_sq: Fraction, *, use_disk: boo
     if table is not None:
         return table
     stem, meta = _cache_key(int(n), float(alpha), sigma_sq)
-    table = _load_cached(stem, meta, int(n)) if use_disk else None
+    table = _load_cached(stem, meta, int(n), float(alpha), sigma_sq) if use_disk else None
     if table is None:
         table, p = _build_table(int(n), float(alpha), sigma_sq)
         _verify_entries(table, p, int(n), float(alpha), sigma_sq)
+        if not table_is_sound(table, int(n), float(alpha), sigma_sq):
+            raise RuntimeError(f"certificate table for N={n}, alpha={alpha} failed its soundness check")
         if use_disk:
             _store_cached(stem, meta, table)
     table.setflags(write=False)

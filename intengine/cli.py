@@ -50,6 +50,15 @@ def _seed(text):
     return v
 
 
+def _size(text):
+    from intengine.membudget import parse_size
+
+    try:
+        return parse_size(text)
+    except IntengineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_smoothing_options(p: argparse.ArgumentParser, *, certify: bool = True) -> None:
     p.add_argument("--sigma", type=_float("sigma"), default=None,
                    help="noise level, pixel scale (default: the model's training sigma)")
@@ -59,7 +68,10 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, certify: bool = True) 
         p.add_argument("--n0", "--N0", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--n", "--N", type=int, default=100_000, help="estimation samples (default 100000)")
     p.add_argument("--alpha", type=_float("alpha"), default=0.001, help="failure probability (default 0.001)")
-    p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass (default 1000)")
+    p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass (default 1000; "
+                   "lowered to fit --memory-budget)")
+    p.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+                   help="cap on the memory of one batch, e.g. 2G, 512M (default 2G); the batch shrinks to fit")
     p.add_argument("--seed", type=_seed, default=None, help="noise seed (default: from the OS, reported)")
     p.add_argument("--threads", type=_positive_int("threads"), default=None,
                    help="Numba threads (default: all available cores)")
@@ -70,8 +82,15 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, certify: bool = True) 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error contract (argparse prints usage and a second line)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"intengine: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="intengine",
         description="Certified robustness (randomized smoothing) for int8 networks, with integers only.")
     from intengine import __version__
@@ -222,7 +241,8 @@ def cmd_certify_or_predict(args) -> int:
     progress, close = _progress(args, args.command)
     try:
         common = dict(sigma=args.sigma, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed,
-                      sampler=args.sampler, backend=args.backend, progress=progress)
+                      sampler=args.sampler, backend=args.backend, progress=progress,
+                      memory_budget=args.memory_budget)
         if args.command == "certify":
             res = certify(model, x, n0=args.n0, **common)
         else:
@@ -337,6 +357,10 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except (IntengineError, _CliError, FileNotFoundError, ValueError) as exc:
         print(f"intengine: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the environment (disk, permissions), not a bug: one line too
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"intengine: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("intengine: interrupted", file=sys.stderr)

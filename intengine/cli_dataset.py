@@ -43,7 +43,8 @@ def run(args, model, mode: str, executor=None) -> int:
     progress = _Progress(mode, bar=not args.no_progress and sys.stderr.isatty())
     common = dict(split=args.split, skip=args.skip, max_count=args.max_images, max_idx=args.max, n=args.n,
                   alpha=args.alpha, batch=args.batch, seed=args.seed, sigma=args.sigma, sampler=args.sampler,
-                  backend=args.backend, on_row=progress.on_row, on_start=progress.on_start)
+                  backend=args.backend, on_row=progress.on_row, on_start=progress.on_start,
+                  memory_budget=args.memory_budget)
     compile_notice(args.backend)
     try:
         if mode == "certify":

@@ -11,7 +11,10 @@ cannot run code: nothing is ever imported or called by name.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,9 @@ from intengine.errors import IntengineError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SPLITS = ("train", "test")
+# Largest array read from a dataset file (CIFAR-10's training images are 150 MB): a member whose
+# header claims more is refused before anything is allocated.
+MAX_ARRAY_BYTES = 2 << 30
 
 
 def load_cifar10(path, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -27,9 +33,11 @@ def load_cifar10(path, split: str = "test") -> tuple[np.ndarray, np.ndarray, lis
     if split not in SPLITS:
         raise IntengineError(f"unknown split {split!r}; choose 'train' or 'test'")
     path = Path(path)
-    if not path.exists():
-        raise IntengineError(f"dataset not found: {path}")
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a symlink loop, say; open_regular names it
+        is_dir = False
+    if is_dir:
         x, y, names = _load_batches_folder(path, split)
     else:
         x, y, names = _load_npz(path, split)
@@ -53,17 +61,50 @@ def dataset_id(spec) -> str:
     return DIGITS if str(spec) == DIGITS else str(Path(spec).resolve())
 
 
-def _load_npz(path: Path, split: str):
+def _npz_member(zf: zipfile.ZipFile, path: Path, key: str, kinds: str = "biuf") -> np.ndarray:
+    """One array of the archive: its .npy header is checked against the member's size first."""
+    from intengine.npyfile import read_array
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            x = np.asarray(z[f"x_{split}"])
-            y = np.asarray(z[f"y_{split}"])
-            names = [str(n) for n in z["label_names"]] if "label_names" in z.files else list(CIFAR10_NAMES)
-    except KeyError as exc:
-        raise IntengineError(f"{path}: missing array {exc.args[0]!r} (expected x_{split}, y_{split})") from None
-    except (OSError, ValueError) as exc:
-        raise IntengineError(f"{path}: not a readable .npz dataset ({exc})") from None
+        info = zf.getinfo(f"{key}.npy")
+    except KeyError:
+        raise IntengineError(f"{path}: missing array {key!r}") from None
+    with zf.open(info) as member:
+        arr = read_array(member, f"{path}[{key}]", info.file_size, MAX_ARRAY_BYTES, kinds)
+        if member.read(1):  # also makes zipfile check the CRC
+            raise IntengineError(f"{path}[{key}]: trailing bytes after the array")
+    return arr
+
+
+def _load_npz(path: Path, split: str):
+    from intengine.safeio import open_regular
+
+    with open_regular(path, "dataset file") as fh:
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                names_in = set(zf.namelist())
+                if f"x_{split}.npy" not in names_in or f"y_{split}.npy" not in names_in:
+                    raise IntengineError(f"{path}: missing array x_{split} or y_{split} "
+                                         f"(found {', '.join(sorted(n[:-4] for n in names_in)) or 'none'})")
+                x = _npz_member(zf, path, f"x_{split}")
+                y = _npz_member(zf, path, f"y_{split}")
+                names = ([str(n) for n in _npz_member(zf, path, "label_names", "U")]
+                         if "label_names.npy" in names_in else list(CIFAR10_NAMES))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise IntengineError(f"{path}: not a readable .npz dataset ({msg})") from None
     return x, y, names
+
+
+def arrays_sha256(x: np.ndarray, y: np.ndarray) -> str:
+    """sha256 (hex) of the selected split: dtype and shape of ``x`` and ``y``, then their bytes.
+
+    What certify-dataset records to refuse a resume on other data (any layout, npz or folder)."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype.str}{a.shape}".encode("ascii"))
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _load_batches_folder(path: Path, split: str):
@@ -73,13 +114,13 @@ def _load_batches_folder(path: Path, split: str):
     xs, ys = [], []
     for name in files:
         f = path / name
-        if not f.is_file():
+        if not f.exists():
             raise IntengineError(f"{path}: missing CIFAR-10 batch file {name}")
         data, labels = read_batch(f)
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(labels)
     meta = path / "batches.meta"
-    names = read_meta(meta) if meta.is_file() else list(CIFAR10_NAMES)
+    names = read_meta(meta) if meta.exists() else list(CIFAR10_NAMES)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), names
 
 
@@ -318,14 +359,25 @@ def _resolve(v):
     return v
 
 
+# A CIFAR-10 batch file is ~31 MB; anything far larger is not one.
+MAX_BATCH_FILE_BYTES = 256 << 20
+
+
 def _read_pickle_dict(path: Path) -> dict:
+    from intengine.safeio import open_regular
+
+    with open_regular(path, "CIFAR-10 batch file") as fh:
+        if os.fstat(fh.fileno()).st_size > MAX_BATCH_FILE_BYTES:
+            raise IntengineError(f"{path}: larger than {MAX_BATCH_FILE_BYTES >> 20} MiB; not a CIFAR-10 batch file")
+        try:
+            data = fh.read(MAX_BATCH_FILE_BYTES + 1)
+        except OSError as exc:
+            raise IntengineError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        obj = _parse_pickle(path.read_bytes())
+        obj = _parse_pickle(data)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError,
             RecursionError, struct.error) as exc:
         raise IntengineError(f"{path}: not a CIFAR-10 batch file ({str(exc) or type(exc).__name__})") from None
-    except OSError as exc:
-        raise IntengineError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(obj, dict):
         raise IntengineError(f"{path}: not a CIFAR-10 batch file (no dictionary)")
     return obj

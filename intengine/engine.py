@@ -166,6 +166,7 @@ def info_text(model: Model, path=None) -> str:
         size = os.path.getsize(path) if Path(path).exists() else None
         lines.append(f"file        {path}" + (f" ({size:,} bytes)" if size is not None else ""))
     lines.append(f"format      {modelfile.FORMAT} version {modelfile.FORMAT_VERSION}")
+    lines.append(f"tensors     sha256 {modelfile.tensors_digest(model.tensors)}")
     lines.append(f"arch        {d.get('arch', '?')}")
     h, w, c = model.input_shape
     inp = d["input"]

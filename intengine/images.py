@@ -1,6 +1,7 @@
 """Image files -> the uint8 HWC input grid of a model; one-line errors on bad input.
 
-Accepted: a ``.npy`` file (loaded with ``allow_pickle=False``) holding one image, HWC or CHW:
+Accepted: a regular ``.npy`` file (numeric dtype, never unpickled, header checked against the
+file size before reading) holding one image, HWC or CHW:
 
 * an integer array with values in 0..255 (any integer dtype) -- used as is;
 * a float array with values in [0, 1] -- mapped onto the grid by ``round(255 * v)``
@@ -19,22 +20,14 @@ from intengine.errors import IntengineError
 
 
 def load_npy(path) -> np.ndarray:
-    """np.load(path, allow_pickle=False) with one-line IntengineErrors."""
+    """The array in the ``.npy`` file ``path`` (never unpickled; header checked against the file
+    size before reading; regular files only), with one-line IntengineErrors."""
+    from intengine.npyfile import load_npy as _load
+
     p = Path(path)
-    if not p.exists():
-        raise IntengineError(f"image file not found: {p}")
-    if p.is_dir():
-        raise IntengineError(f"image path is a directory, not a .npy file: {p}")
-    if p.suffix.lower() != ".npy":
+    if p.suffix.lower() != ".npy" and not p.is_dir():
         raise IntengineError(f"image must be a .npy file, got {p.name}")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IntengineError(f"cannot read {p.name} as a .npy array ({msg})") from None
-    if not isinstance(arr, np.ndarray):
-        raise IntengineError(f"{p.name} does not hold a single array")
-    return arr
+    return _load(p, "image file")
 
 
 def to_grid(arr: np.ndarray, input_shape, name: str = "image") -> np.ndarray:

@@ -40,7 +40,7 @@ def predict_dataset(model, model_path, data_path, out, *, split: str = "test", s
                     max_count: int | None = None, max_idx: int | None = None, n: int = 100_000,
                     alpha: float = 0.001, batch: int = 1000, seed: int | None = None, sigma: float | None = None,
                     sampler: str = "table", backend: str = "numba", images=None, on_row=None, on_start=None,
-                    progress=None) -> dict:
+                    progress=None, memory_budget: int | None = None) -> dict:
     """Run PREDICT on the selected images and append rows to ``out``; see runs.certify_dataset."""
     from intengine.smoothing import predict
 
@@ -50,7 +50,8 @@ def predict_dataset(model, model_path, data_path, out, *, split: str = "test", s
 
     def predict_one(idx, run_seed):
         return predict(model, np.ascontiguousarray(x[idx]), sigma=meta["sigma"], n=n, alpha=alpha, batch=batch,
-                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress)
+                       seed=run_seed, sampler=sampler, backend=backend, image_index=int(idx), progress=progress,
+                       memory_budget=memory_budget)
 
     t0 = time.perf_counter()
     todo, meta = append_rows(out, meta, indices, y, predict_one, on_row, layout=PREDICT_LAYOUT, on_start=on_start)

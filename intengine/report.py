@@ -33,11 +33,15 @@ class Results:
 
 def read_results(path) -> Results:
     """Read a Cohen-format TSV (extra columns ignored; a partial last line is ignored)."""
+    from intengine.safeio import open_regular
+
     p = Path(path)
-    if not p.is_file():
-        raise IntengineError(f"results file not found: {p}")
-    with open(p, newline="") as fh:
-        text = fh.read()
+    with open_regular(p, "results file") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntengineError(f"{p}: not a results .tsv file (not UTF-8 text)") from None
     lines = text.split("\n")
     if lines and lines[-1] != "":
         lines = lines[:-1]  # partial last line of an interrupted run

@@ -13,7 +13,8 @@ run, any order on a cluster, see :mod:`intengine.cluster`), and readers never re
 One run at a time writes a file (:mod:`intengine.outlock`); a second run on it is refused.
 
 A sidecar ``results.tsv.meta.json`` records the options that determine the results (model
-file hash, data file, split, skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
+file hash and tensor digest, data file and the sha256 of the selected split's arrays, split,
+skip, n0, n, alpha, sigma, sampler, seed).  Rerunning the same
 command resumes: finished ``idx`` are read back and skipped, a partial last line (process
 killed mid-write) is cut off, and a run whose options differ is refused.
 """
@@ -38,7 +39,7 @@ COLUMNS = COHEN_COLUMNS + EXTRA_COLUMNS
 HEADER = "\t".join(COLUMNS)
 META_KIND = "intengine.certify_dataset"
 # Options that must match for a resume (max may change: it only truncates the index list).
-RESUME_KEYS = ("model_sha256", "data", "split", "skip", "n0", "n", "alpha", "sigma", "sampler", "seed")
+RESUME_KEYS = ("model_sha256", "data", "data_sha256", "split", "skip", "n0", "n", "alpha", "sigma", "sampler", "seed")
 
 
 def file_sha256(path) -> str:
@@ -124,11 +125,15 @@ def read_finished(out: Path, layout: Layout = CERTIFY_LAYOUT) -> set[int]:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prepare_output(out: Path, meta: dict, layout: Layout = CERTIFY_LAYOUT) -> tuple[set[int], dict]:
@@ -137,8 +142,12 @@ def prepare_output(out: Path, meta: dict, layout: Layout = CERTIFY_LAYOUT) -> tu
     ``meta['seed']`` may be None (no --seed given): a fresh run then draws one and stores it, a
     resumed run takes the stored one.  Any other difference in RESUME_KEYS is refused.
     """
+    from intengine.safeio import check_regular_or_absent
+
     mp = meta_path(out)
-    if out.exists() and out.stat().st_size > 0:
+    out_exists = check_regular_or_absent(out, "results file")
+    check_regular_or_absent(mp, "results sidecar")
+    if out_exists and out.stat().st_size > 0:
         if not mp.exists():
             raise IntengineError(f"{out} exists but {mp.name} is missing; refusing to append (use another --out)")
         try:
@@ -151,6 +160,13 @@ def prepare_output(out: Path, meta: dict, layout: Layout = CERTIFY_LAYOUT) -> tu
         if wanted.get("seed") is None:
             wanted["seed"] = stored.get("seed")
         diff = [k for k in RESUME_KEYS if stored.get(k) != wanted.get(k)]
+        if "data_sha256" in diff and stored.get("data_sha256") is None:
+            raise IntengineError(f"{mp.name} records no data hash (written by an older intengine); refusing to "
+                                 "resume on data that cannot be checked, use another --out")
+        if "data_sha256" in diff:
+            raise IntengineError(f"{out}: the data differs from the data this run started on (sha256 of the "
+                                 f"selected split {str(stored.get('data_sha256'))[:12]}... -> "
+                                 f"{str(wanted.get('data_sha256'))[:12]}...); refusing to resume, use another --out")
         if diff:
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
             raise IntengineError(f"{out} was written with different options ({shown}); use another --out")
@@ -188,6 +204,7 @@ class CertifyOptions:
     batch: int
     sampler: str
     backend: str
+    memory_budget: int | None = None  # bytes for one batch's activations (None: the default budget)
 
 
 def certify_image(model, image, idx: int, seed: int, opts: CertifyOptions, progress=None):
@@ -198,14 +215,15 @@ def certify_image(model, image, idx: int, seed: int, opts: CertifyOptions, progr
 
     return certify(model, np.ascontiguousarray(image), sigma=opts.sigma, n0=opts.n0, n=opts.n, alpha=opts.alpha,
                    batch=opts.batch, seed=seed, sampler=opts.sampler, backend=opts.backend,
-                   image_index=int(idx), progress=progress)
+                   image_index=int(idx), progress=progress, memory_budget=opts.memory_budget)
 
 
 def certify_dataset(model, model_path, data_path, out, *, split: str = "test", skip: int = 1,
                     max_count: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                     batch: int = 1000, seed: int | None = None, sigma: float | None = None,
                     sampler: str = "table", backend: str = "numba", images=None,
-                    on_row=None, progress=None, max_idx: int | None = None, on_start=None, executor=None) -> dict:
+                    on_row=None, progress=None, max_idx: int | None = None, on_start=None, executor=None,
+                    memory_budget: int | None = None) -> dict:
     """Run CERTIFY on the selected images of ``data_path`` and append rows to ``out``.
 
     ``images`` = (x uint8 (N,H,W,C), y int (N,)) overrides loading ``data_path`` (tests).
@@ -218,7 +236,7 @@ def certify_dataset(model, model_path, data_path, out, *, split: str = "test", s
                                       max_idx=max_idx, n0=n0, n=n, alpha=alpha, seed=seed, sigma=sigma,
                                       sampler=sampler, images=images)
     opts = CertifyOptions(sigma=meta["sigma"], n0=int(n0), n=int(n), alpha=float(alpha), batch=int(batch),
-                          sampler=sampler, backend=backend)
+                          sampler=sampler, backend=backend, memory_budget=memory_budget)
 
     def certify_one(idx, run_seed):
         return certify_image(model, x[idx], idx, run_seed, opts, progress)
@@ -252,10 +270,16 @@ def dataset_run(model, model_path, data_path, *, split, skip, max_count, max_idx
     if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise IntengineError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}")
     indices = select_indices(len(x), skip, max_count, max_idx)
+    from intengine.datasets import arrays_sha256
+    from intengine.modelfile import tensors_digest
+
+    tensors = getattr(model, "tensors", None)
     meta = {
         "model": str(Path(model_path).resolve()) if model_path else None,
         "model_sha256": file_sha256(model_path) if model_path else None,
+        "model_tensors_sha256": tensors_digest(tensors) if tensors is not None else None,
         "data": data_id,
+        "data_sha256": arrays_sha256(x, y),  # a resume on other content is refused (RESUME_KEYS)
         "split": split, "skip": int(skip), "max": max_count, "max_idx": max_idx, "n0": int(n0), "n": int(n),
         "alpha": float(alpha), "sigma": sigma, "sampler": sampler, "seed": seed,
     }
@@ -273,17 +297,21 @@ def append_rows(out: Path, meta: dict, indices, labels, certify_one, on_row=None
     called.  Returns (the indices certified now, the metadata).
     """
     from intengine import outlock
+    from intengine.safeio import write_error
 
-    with outlock.hold(out):
-        finished, meta = prepare_output(Path(out), meta, layout)
-        todo = [i for i in indices if i not in finished]
-        if on_start is not None:
-            on_start(len(todo), len(indices) - len(todo))
-        if distribute is None:
-            rows = ((idx, certify_one(idx, meta["seed"])) for idx in todo)
-        else:
-            rows = distribute(todo, meta["seed"])
-        write_rows(out, rows, todo, labels, on_row, layout)
+    try:
+        with outlock.hold(out):
+            finished, meta = prepare_output(Path(out), meta, layout)
+            todo = [i for i in indices if i not in finished]
+            if on_start is not None:
+                on_start(len(todo), len(indices) - len(todo))
+            if distribute is None:
+                rows = ((idx, certify_one(idx, meta["seed"])) for idx in todo)
+            else:
+                rows = distribute(todo, meta["seed"])
+            write_rows(out, rows, todo, labels, on_row, layout)
+    except OSError as exc:  # disk full, a directory in the way: one line, resumable
+        raise write_error(out, exc) from None
     return todo, meta
 
 

@@ -194,15 +194,18 @@ def sample_counts(model, x_flat: np.ndarray, sampler, *, seed: int, stream: int,
     return counts, n_failed
 
 
-def _common(model, x, sigma, alpha, n0, n, batch, sampler_name, seed):
+def _common(model, x, sigma, alpha, n0, n, batch, sampler_name, seed, memory_budget):
+    from intengine.membudget import cap_batch
+
     sigma = float(model.sigma if sigma is None else sigma)
     check_options(sigma=sigma, alpha=alpha, n0=n0, n=n)
     if batch is None or int(batch) < 1:
         raise IntengineError(f"batch must be an integer >= 1, got {batch}")
     x_flat = _check_image(model, x)
+    batch = cap_batch(model, int(batch), memory_budget)  # before any buffer is allocated
     sigma_sq = sigma_sq_int(sigma)
     sampler = get_sampler(sigma_sq, sampler_name)
-    return sigma, x_flat, sigma_sq, sampler, resolve_seed(seed)
+    return sigma, x_flat, sigma_sq, sampler, resolve_seed(seed), batch
 
 
 def _class_name(model, label):
@@ -214,10 +217,14 @@ def _class_name(model, label):
 
 def certify(model, x: np.ndarray, *, sigma: float | None = None, n0: int = 100, n: int = 100_000,
             alpha: float = 0.001, batch: int = 1000, seed: int | None = None, sampler: str = "table",
-            backend: str = "numba", image_index: int = 0, progress: Progress | None = None) -> SmoothingResult:
-    """Cohen et al.'s CERTIFY on the uint8 HWC image ``x``; see the module docstring."""
+            backend: str = "numba", image_index: int = 0, progress: Progress | None = None,
+            memory_budget: int | None = None) -> SmoothingResult:
+    """Cohen et al.'s CERTIFY on the uint8 HWC image ``x``; see the module docstring.
+
+    ``batch`` is capped by ``memory_budget`` bytes (default 2 GiB, see :mod:`intengine.membudget`)."""
     t0 = time.perf_counter()
-    sigma, x_flat, sigma_sq, smp, seed = _common(model, x, sigma, alpha, n0, n, batch, sampler, seed)
+    sigma, x_flat, sigma_sq, smp, seed, batch = _common(model, x, sigma, alpha, n0, n, batch, sampler, seed,
+                                                        memory_budget)
     table = certificate_table(int(n), float(alpha), sigma_sq)
     total = int(n0) + int(n)
     counts0, failed0 = sample_counts(model, x_flat, smp, seed=seed, stream=STREAM_SELECTION,
@@ -247,10 +254,13 @@ def certify(model, x: np.ndarray, *, sigma: float | None = None, n0: int = 100, 
 
 def predict(model, x: np.ndarray, *, sigma: float | None = None, n: int = 100_000, alpha: float = 0.001,
             batch: int = 1000, seed: int | None = None, sampler: str = "table", backend: str = "numba",
-            image_index: int = 0, progress: Progress | None = None) -> SmoothingResult:
-    """Cohen et al.'s PREDICT on the uint8 HWC image ``x``; see the module docstring."""
+            image_index: int = 0, progress: Progress | None = None,
+            memory_budget: int | None = None) -> SmoothingResult:
+    """Cohen et al.'s PREDICT on the uint8 HWC image ``x``; see the module docstring (``memory_budget``:
+    as for :func:`certify`)."""
     t0 = time.perf_counter()
-    sigma, x_flat, sigma_sq, smp, seed = _common(model, x, sigma, alpha, 1, n, batch, sampler, seed)
+    sigma, x_flat, sigma_sq, smp, seed, batch = _common(model, x, sigma, alpha, 1, n, batch, sampler, seed,
+                                                        memory_budget)
     thr = predict_thresholds(int(n), float(alpha))
     counts, failed = sample_counts(model, x_flat, smp, seed=seed, stream=STREAM_PREDICT,
                                    image_index=image_index, num=int(n), batch=batch,

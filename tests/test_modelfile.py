@@ -46,12 +46,17 @@ def tiny_model(seed: int = 0):
         dict(conv("fc", 3, 1, 4, 3, 100, False, linear=True), inputs=["pool"]),
     ]
     zps = {"input": 0, "c1": 0, "c2": 120, "sc": 128, "add": 3, "mp": 3, "pool": 3, "fc": 100}
+    # scales consistent with the add / avg-pool multipliers and max pool (the format requires it)
+    scales = {"input": 1 / 255, "c1": 0.02, "add": 0.05, "mp": 0.05, "fc": 0.08}
+    scales["c2"] = scales["add"] * 1518500250 / 2**31
+    scales["sc"] = scales["add"] * 1200000000 * 2.0**-1 / 2**31
+    scales["pool"] = scales["mp"] / (9 * 1908874354 * 2.0**-3 / 2**31)
     model = {
         "arch": "tiny",
         "input": {"name": "input", "shape": [6, 6, 2], "dtype": "uint8", "scale": 1 / 255, "zero_point": 0,
                   "clip": "clip"},
         "output": "fc", "nodes": nodes,
-        "quantization": {k: {"scale": 0.01 * (i + 1), "zero_point": v} for i, (k, v) in enumerate(zps.items())},
+        "quantization": {k: {"scale": scales[k], "zero_point": v} for k, v in zps.items()},
         "num_classes": 3, "class_names": ["a", "b", "c"], "sigma": 0.25,
         "provenance": {"dataset": "none", "seed": seed},
     }
@@ -78,7 +83,8 @@ def test_file_is_standard_safetensors(tmp_path):
     modelfile.write(tmp_path / "m.int8", model, tensors)
     with safe_open(str(tmp_path / "m.int8"), "np") as f:
         meta = f.metadata()
-        assert meta["format"] == "intengine.int8" and meta["format_version"] == "1"
+        assert meta["format"] == "intengine.int8" and meta["format_version"] == "2"
+        assert meta["tensors_sha256"] == modelfile.tensors_digest(tensors)
         assert json.loads(meta["model"]) == model
         np.testing.assert_array_equal(f.get_tensor("c1.weight"), tensors["c1.weight"])
 
@@ -158,8 +164,9 @@ HOSTILE = {
     "missing key": (lambda m, t: m.pop("nodes"), "nodes"),
     "empty nodes": (lambda m, t: m.update(nodes=[]), "nodes"),
     "node not an object": (lambda m, t: m["nodes"].insert(0, 5), "object"),
-    "dead node": (lambda m, t: m["nodes"].insert(1, copy.deepcopy(dict(_node(m, "c1"), name="c1b"))) or
-                  m["quantization"].update(c1b={"scale": 0.1, "zero_point": 0}), "never used"),
+    "dead node": (lambda m, t: m["nodes"].insert(1, {"name": "c1b", "op": "max_pool", "inputs": ["c1"], "tensors": {},
+                                                     "attrs": {"kernel": 2, "stride": 2, "padding": 0}}) or
+                  m["quantization"].update(c1b=dict(m["quantization"]["c1"])), "never used"),
 }
 
 
