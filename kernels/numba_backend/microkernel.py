@@ -45,6 +45,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.fixedpoint import requantize_round_half_up_scalar
 from kernels.numba_backend.llvm_vector import I16, I32, I64, I8, array_data, clamp, splat, vector_ptr
 
 
@@ -262,6 +263,65 @@ def make_microkernels(isa: Isa, P: int, J: int):
         return sig, codegen
 
     return accumulate_tile, finish_tile
+
+
+@njit(cache=True, inline="always")
+def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
+                 kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
+                 act_min, act_max, out, of):
+    """The driver loop every SIMD rung shares: parallel over output rows, tiles of ``tile_p`` pixels x
+    ``lanes * tile_j`` channels through ``tile`` (the rung's dispatcher over its register blocks).
+
+    Inlined into each rung's cached kernel (``avx2._conv2d_avx2_kernel``, ...), so no cached
+    signature holds a dispatcher type (Numba cannot cache those). ``xf``: the (N, Hp, Wp, Cp) padded
+    input, flat; ``wp``: packed weights; ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat
+    (flat views come from the caller: Numba's reshape(-1) infers the size with float math)."""
+    n_batch, out_h, out_w, _ = out.shape
+    tile_o = lanes * tile_j
+    n_blocks = (n_out + tile_o - 1) // tile_o
+    b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
+    n_tiles = (out_w + tile_p - 1) // tile_p
+    for task in prange(n_batch * out_h):
+        scratch = np.empty(max_tile_size, dtype=np.int32)
+        n = task // out_h
+        oh = task - n * out_h
+        for t in range(n_tiles):
+            ow0 = t * tile_p
+            for ob in range(n_blocks):
+                ch0 = ob * tile_o
+                full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
+                a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
+                o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+                tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
+                     ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of, o_off, n_out,
+                     bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
+                if not full:  # tail tile: scalar epilogue on the valid pixels and channels
+                    for p in range(min(tile_p, out_w - ow0)):
+                        for jj in range(min(tile_o, n_out - ch0)):
+                            o = ch0 + jj
+                            acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
+                            v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + output_zero_point
+                            if v < act_min:
+                                v = act_min
+                            elif v > act_max:
+                                v = act_max
+                            out[n, oh, ow0 + p, o] = np.uint8(v)
+
+
+def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier, output_shift,
+               output_zero_point, stride, padding, act_min, act_max, out):
+    """Pack (cached), pad, and run ``kernel`` (a rung's ``_conv2d_<rung>_kernel``) into ``out``."""
+    pk = packed_weights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out.shape[2])
+    # a 1x1 unpadded conv with stride s reads every s-th pixel: copy only those, run stride 1
+    subsample = stride if pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
+    stride //= subsample
+    xp = pad_input(isa, x, input_zero_point, padding, pk.tile_p, stride, pk.padded_c, subsample)
+    kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed,
+           np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
+           np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.k_steps), np.int64(pk.n_out),
+           pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
+           np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1))
+    return out
 
 
 def choose_variant(isa: Isa, out_channels: int, out_width: int) -> int:
