@@ -199,3 +199,39 @@ def test_every_fast_path_was_inspected(ir_results):
     if avx2.AVAILABLE:
         expected |= {"conv2d:_conv2d_avx2_kernel", "conv2d:_pad_input_kernel"}
     assert expected <= set(ir_results), sorted(set(ir_results))
+
+
+# An AVX-512 VNNI CPU for cross-compilation: the names LLVM knows, the features the rung needs.
+VNNI_CPU = ("icelake-server", "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512cd,+avx512vnni,+avx2,+avx,+fma,"
+                              "+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,+cx16,+lzcnt,+movbe,+f16c")
+
+
+@pytest.mark.slow
+def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
+    # On a CPU without AVX-512 VNNI the vnni512 rung never runs, so the equivalence tests cannot reach
+    # it; compile it (never execute) for a VNNI CPU in a child with an empty cache: the generated IR
+    # must lower (vpdpbusd in the assembly) and be integer-only, on every machine CI may use.
+    code = textwrap.dedent(
+        """
+        from numba import types
+        from kernels.ircheck import float_tokens_in_ir
+        from kernels.numba_backend import vnni
+        arr = lambda dt, nd=1: types.Array(dt, nd, "C")
+        i64 = types.int64
+        sig = (arr(types.uint8), i64, i64, arr(types.int8), i64, i64, i64, i64, i64, i64, i64,
+               arr(types.int64), arr(types.int64), arr(types.int32), arr(types.int32), arr(types.int64),
+               i64, i64, i64, i64, arr(types.uint8, 4), arr(types.uint8))
+        kernel = vnni._conv2d_vnni_kernel
+        kernel.compile(sig)
+        llvm_ir, asm = kernel.inspect_llvm(sig), kernel.inspect_asm(sig)
+        assert "define " in llvm_ir, "no IR"
+        hits = float_tokens_in_ir(llvm_ir)
+        assert not hits, hits[:5]
+        print("vpdpbusd", asm.count("vpdpbusd"))
+        """)
+    env = dict(os.environ, NUMBA_CPU_NAME=VNNI_CPU[0], NUMBA_CPU_FEATURES=VNNI_CPU[1],
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    child = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=1200)
+    assert child.returncode == 0, (child.stdout + child.stderr)[-3000:]
+    assert int(child.stdout.split()[-1]) >= 6 * 2 * 4  # every register block, full and partial tiles
