@@ -408,14 +408,13 @@ def _pad_input_kernel(x, input_zero_point, padding, subsample, xp):
     # slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element inside/outside test
     # cost as much as a small conv layer.
     n_batch, _, _, channels = x.shape
-    height = xp.shape[1] - 2 * padding  # rows past the image (slack) get zp too
     width = xp.shape[2] - 2 * padding
     zp = xp.dtype.type(input_zero_point)
     for n in prange(n_batch):
         for i in range(xp.shape[1]):
             row = xp[n, i]
             src_row = (i - padding) * subsample
-            if i < padding or src_row >= x.shape[1]:
+            if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
                 row[:, :channels] = zp
             else:
                 src = x[n, src_row]
