@@ -1,4 +1,5 @@
-"""IntRS's comparison on CIFAR-10: IntRS-quant vs FloatRS-fp vs FloatRS-quant (IntRS Table 2, Figure 3, Tables 4-5).
+"""IntRS's comparison on CIFAR-10: IntRS-quant vs FloatRS-fp vs FloatRS-quant (IntRS Table 2, Figure 3, Tables 4-5),
+plus the shipped models' recipe (IntRS-quant + consistency regularization) as a fourth method.
 
 One command, resumable (rerun it after an interruption: finished models and result rows are kept):
 
@@ -15,6 +16,12 @@ For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (2
 * FloatRS-quant ``intengine train --mode floatq``: QAT, continuous noise quantized to the input grid;
                 certified by :func:`export.floatrs.certify_float_quant` (float noise, int8 engine).
 
+* IntRS-quant + consistency ``intengine train --mode intrs --consistency``: the shipped models' recipe
+                (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, Jeong & Shin's lambda);
+                certified by intengine like IntRS-quant. ``--reuse-recipe DIR`` takes
+                ``DIR/resnet20_sigma{s}.int8`` when its provenance shows exactly these options.
+
+``--methods`` picks a subset (e.g. ``intrs-quant,intrs-consistency`` for the recipe's gain alone).
 Every method certifies the same test images (every ``skip``-th of the test split) with the same
 N0, N, alpha and seed. Then the mismatch grid: the IntRS-quant models trained at sigma 0.12 and
 0.25 certified at every sigma (on the first ``--grid-images`` of those images).
@@ -39,9 +46,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-METHODS = ("floatrs-fp", "intrs-quant", "floatrs-quant")
-TRAIN_MODE = {"floatrs-fp": "float", "intrs-quant": "intrs", "floatrs-quant": "floatq"}
-LABEL = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
+METHODS = ("floatrs-fp", "intrs-quant", "floatrs-quant", "intrs-consistency")
+TRAIN_MODE = {"floatrs-fp": "float", "intrs-quant": "intrs", "floatrs-quant": "floatq", "intrs-consistency": "intrs"}
+LABEL = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant",
+         "intrs-consistency": "IntRS-quant + consistency"}
 SIGMAS = (0.12, 0.25, 0.50, 1.00)
 GRID_TRAIN_SIGMAS = (0.12, 0.25)
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -65,24 +73,41 @@ def model_path(out: Path, method: str, sigma: float) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
+def _schedule(args, method: str) -> tuple[int, int, int]:
+    """(epochs, QAT epochs, frozen-observer epochs) of ``method``."""
+    if method == "intrs-consistency":
+        return args.recipe_epochs, args.recipe_qat_epochs, args.recipe_freeze_epochs
+    return args.epochs, args.qat_epochs, args.freeze_epochs
+
+
 def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
-    cmd = ["--data", str(args.data), "--arch", "resnet20", "--sigma", stag(sigma), "--epochs", str(args.epochs),
+    epochs, qat_epochs, freeze_epochs = _schedule(args, method)
+    cmd = ["--data", str(args.data), "--arch", "resnet20", "--sigma", stag(sigma), "--epochs", str(epochs),
            "--out", str(path), "--seed", str(args.seed), "--mode", TRAIN_MODE[method], "--threads", str(args.threads)]
     if method != "floatrs-fp":
-        cmd += ["--qat-epochs", str(args.qat_epochs), "--freeze-epochs", str(args.freeze_epochs)]
+        cmd += ["--qat-epochs", str(qat_epochs), "--freeze-epochs", str(freeze_epochs)]
+    if method == "intrs-consistency":
+        cmd += ["--consistency"]
     return cmd
 
 
-def _reusable(args, src: Path, sigma: float) -> str | None:
-    """None if ``src`` was trained with this run's IntRS options, else the reason it is not."""
+def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str | None:
+    """None if ``src`` was trained with this run's options for ``method``, else the reason it is not."""
+    from export.train import CONSISTENCY_COPIES, CONSISTENCY_ETA, paper_lambda
     from intengine.engine import load_model
 
     if not src.is_file():
         return f"{src} not found"
     meta = load_model(src).metadata
-    want = {"arch": "resnet20", "mode": "intrs", "epochs": args.epochs, "qat_epochs": args.qat_epochs,
-            "frozen_observer_epochs": args.freeze_epochs, "seed": args.seed, "batch_size": 128, "lr": 0.1,
+    epochs, qat_epochs, freeze_epochs = _schedule(args, method)
+    want = {"arch": "resnet20", "mode": "intrs", "epochs": epochs, "qat_epochs": qat_epochs,
+            "frozen_observer_epochs": freeze_epochs, "seed": args.seed, "batch_size": 128, "lr": 0.1,
             "init": "random (seeded)"}
+    if method == "intrs-consistency":
+        want.update(consistency_lambda=paper_lambda(sigma), noise_copies=CONSISTENCY_COPIES,
+                    consistency_eta=CONSISTENCY_ETA)
+    elif meta.get("consistency_lambda", 0.0) != 0.0 or meta.get("noise_copies", 1) != 1:
+        return f"{src} was trained with consistency regularization"
     diff = [k for k, v in want.items() if meta.get(k) != v]
     if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
         diff.append("sigma")
@@ -95,13 +120,14 @@ def train_all(args, out: Path) -> None:
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for sigma in args.sigmas:
-        for method in METHODS:
+        for method in args.methods:
             path = model_path(out, method, sigma)
             if path.is_file():
                 continue
-            if method == "intrs-quant" and args.reuse_intrs:
-                src = Path(args.reuse_intrs) / f"resnet20_sigma{stag(sigma)}.int8"
-                why = _reusable(args, src, sigma)
+            reuse = {"intrs-quant": args.reuse_intrs, "intrs-consistency": args.reuse_recipe}.get(method)
+            if reuse:
+                src = Path(reuse) / f"resnet20_sigma{stag(sigma)}.int8"
+                why = _reusable(args, src, sigma, method)
                 if why is None:
                     shutil.copyfile(src, path)
                     log(f"{LABEL[method]} sigma {stag(sigma)}: reused {src} (same training options)")
@@ -196,9 +222,11 @@ def certify_all(args, out: Path) -> None:
     indices = select_indices(len(x), args.skip, args.images)
     order = sorted(args.sigmas, key=lambda s: (s != 0.25, s))  # sigma 0.25 first: the paper's headline
     for sigma in order:
-        for method in METHODS:
+        for method in args.methods:
             certify_run(args, out, method, sigma, sigma, indices, x, y)
     grid_idx = indices[: args.grid_images]
+    if not grid_idx or "intrs-quant" not in args.methods:
+        return
     for train_sigma in [s for s in GRID_TRAIN_SIGMAS if s in args.sigmas]:
         for cert_sigma in args.sigmas:
             if cert_sigma != train_sigma:
@@ -230,6 +258,15 @@ def _mean_seconds(path: Path, keep=None) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
+GAP_HEADER, GRID_HEADER = 5, 7   # lines of the gap and grid sections' headers
+
+
+def _gap_line(sigma: float, label: str, s: dict, base: dict) -> str:
+    """One row of differences in points (certified accuracy) and ACR, ``s`` minus ``base``."""
+    d = [100 * (a - b) for a, b in zip(s["certified_accuracy"], base["certified_accuracy"])]
+    return f"| {stag(sigma)} {label} | " + " | ".join(f"{v:+.1f}" for v in d) + f" | {s['acr'] - base['acr']:+.3f} |"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
@@ -254,9 +291,12 @@ def report(args, out: Path) -> dict:
     gap_lines = ["", "## IntRS-quant minus FloatRS-fp, and FloatRS-quant minus FloatRS-fp (points)", "",
                  "| sigma | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR |",
                  "|---|" + "---:|" * (len(RADII) + 1)]
+    recipe_lines = ["", "## The recipe's gain: IntRS-quant + consistency minus IntRS-quant (points)", "",
+                    "| sigma | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR |",
+                    "|---|" + "---:|" * (len(RADII) + 1)]
     for sigma in args.sigmas:
         per = {}
-        for method in METHODS:
+        for method in args.methods:
             p = res_dir / f"{method}_train{stag(sigma)}_cert{stag(sigma)}.tsv"
             if not p.is_file():
                 continue
@@ -270,13 +310,16 @@ def report(args, out: Path) -> dict:
             base = per["floatrs-fp"]
             for method in ("intrs-quant", "floatrs-quant"):
                 if method in per:
-                    d = [100 * (a - b) for a, b in zip(per[method]["certified_accuracy"], base["certified_accuracy"])]
-                    gap_lines.append(f"| {stag(sigma)} {LABEL[method]} | " + " | ".join(f"{v:+.1f}" for v in d)
-                                     + f" | {per[method]['acr'] - base['acr']:+.3f} |")
+                    gap_lines.append(_gap_line(sigma, LABEL[method], per[method], base))
+        if "intrs-quant" in per and "intrs-consistency" in per:
+            recipe_lines.append(_gap_line(sigma, LABEL["intrs-consistency"], per["intrs-consistency"],
+                                          per["intrs-quant"]))
         if per:
             files = [res_dir / f"{m}_train{stag(sigma)}_cert{stag(sigma)}.tsv" for m in METHODS if m in per]
             plot([read_results(f) for f in files], plot_dir / f"sigma{stag(sigma)}.png",
                  labels=[f"{LABEL[m]} sigma={stag(sigma)}" for m in METHODS if m in per])
+    gap_lines = gap_lines if len(gap_lines) > GAP_HEADER else []   # headers only: the methods were not run
+    recipe_lines = recipe_lines if len(recipe_lines) > GAP_HEADER else []
     grid_lines = ["", "## Train sigma vs certify sigma, IntRS-quant (IntRS Tables 4-5 layout)", "",
                   f"First {args.grid_images} of the images above; certified accuracy (%) at r = 0 / 0.25 / 0.5 / "
                   "0.75 / 1.0, then ACR.", "",
@@ -297,7 +340,8 @@ def report(args, out: Path) -> dict:
             acc = s["certified_accuracy"]
             grid_lines.append(f"| {stag(ts)} | {stag(cs)} | " + " | ".join(_pct(a) for a in acc[:5])
                               + f" | {s['acr']:.3f} |")
-    text = "\n".join(lines + gap_lines + grid_lines) + "\n"
+    grid_lines = grid_lines if len(grid_lines) > GRID_HEADER else []
+    text = "\n".join(lines + gap_lines + recipe_lines + grid_lines) + "\n"
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     print(text)
@@ -315,6 +359,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--qat-epochs", type=int, default=6)
     ap.add_argument("--freeze-epochs", type=int, default=2)
+    ap.add_argument("--recipe-epochs", type=int, default=30, help="IntRS-quant + consistency: all epochs")
+    ap.add_argument("--recipe-qat-epochs", type=int, default=8)
+    ap.add_argument("--recipe-freeze-epochs", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=100, help="test images certified per (method, sigma)")
     ap.add_argument("--skip", type=int, default=None, help="every skip-th test image (default: spread over the split)")
@@ -326,9 +374,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse-intrs", default=None, metavar="DIR",
                     help="take IntRS-quant models from DIR/resnet20_sigma{s}.int8 when trained with the same options")
+    ap.add_argument("--reuse-recipe", default=None, metavar="DIR",
+                    help="take IntRS-quant + consistency models from DIR/resnet20_sigma{s}.int8 when trained with "
+                         "the same options")
     ap.add_argument("--stage", choices=["all", "train", "certify", "report"], default="all")
     args = ap.parse_args(argv)
     args.sigmas = [float(s) for s in args.sigmas.split(",")]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        print(f"error: --methods takes a subset of {', '.join(METHODS)}, got {unknown or 'nothing'}", file=sys.stderr)
+        return 2
     if not Path(args.data).exists():
         print(f"error: CIFAR-10 data not found at {args.data} (see ../shared/data/README)", file=sys.stderr)
         return 2

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None,
                         help="start from the float weights of a checkpoint (float phase), e.g. another sigma's run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--consistency", nargs="?", const="paper", default=None, metavar="LAMBDA",
+                        help="consistency regularization (Jeong & Shin 2020) with weight LAMBDA; bare flag: the "
+                             "paper's CIFAR-10 value for --sigma (20 up to 0.5, 10 above)")
+    parser.add_argument("--noise-copies", type=int, default=None, metavar="M",
+                        help="noisy copies of each image per step (None: 2 with --consistency, else 1)")
+    parser.add_argument("--consistency-eta", type=float, default=0.5,
+                        help="weight of the entropy term of the consistency loss (the paper's 0.5)")
 
 
 def subset(x, y, k: int | None, seed: int):
@@ -63,6 +70,24 @@ def subset(x, y, k: int | None, seed: int):
 
     idx = np.sort(np.random.default_rng([seed, 7]).permutation(len(x))[:k])
     return x[idx], y[idx]
+
+
+def consistency_settings(args) -> tuple[float, int]:
+    """(lambda, noise copies) from --consistency / --noise-copies; IntengineError on a bad value."""
+    from export.train import CONSISTENCY_COPIES, paper_lambda
+    from intengine.errors import IntengineError
+
+    if args.consistency is None:
+        lbd = 0.0
+    elif args.consistency == "paper":
+        lbd = paper_lambda(args.sigma)
+    else:
+        try:
+            lbd = float(args.consistency)
+        except ValueError:
+            raise IntengineError(f"--consistency must be a number >= 0, got {args.consistency!r}") from None
+    copies = args.noise_copies if args.noise_copies is not None else (CONSISTENCY_COPIES if lbd > 0 else 1)
+    return lbd, copies
 
 
 def chance_warning(acc: float, num_classes: int) -> str | None:
@@ -113,10 +138,12 @@ def run(args: argparse.Namespace) -> int:
     from intengine.datasets import DIGITS, load_dataset
     from intengine.errors import IntengineError
 
+    lbd, copies = consistency_settings(args)
     cfg = TrainConfig(arch=args.arch, sigma=args.sigma, epochs=args.epochs, qat_epochs=args.qat_epochs,
                       freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                      flip=(args.data != "digits"))  # digits are not mirror-symmetric
+                      flip=(args.data != "digits"),  # digits are not mirror-symmetric
+                      consistency=lbd, noise_copies=copies, consistency_eta=args.consistency_eta)
     try:
         check_config(cfg, pretrained=bool(args.init or args.resume))
     except ValueError as exc:
@@ -126,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = "sklearn digits 8x8 (80/20 split, seed 0)" if args.data == DIGITS else f"CIFAR-10 from {args.data}"
     x_train, y_train = subset(x_train, y_train, args.train_images, args.seed)
     ckpt = args.checkpoint or (args.out + ".ckpt")
-    print(f"training {args.arch} ({args.mode}) sigma={args.sigma} epochs={args.epochs} "
-          f"schedule(float,qat,frozen)={cfg.schedule()} seed={args.seed} on {len(x_train)} images", flush=True)
+    recipe = f" consistency lambda={lbd:g} eta={cfg.consistency_eta:g}" if lbd > 0 else ""
+    print(f"training {args.arch} ({args.mode}{recipe}) sigma={args.sigma} epochs={args.epochs} "
+          f"schedule(float,qat,frozen)={cfg.schedule()} noise copies={copies} seed={args.seed} "
+          f"on {len(x_train)} images", flush=True)
     progress, close_bar = _epoch_bar(args.epochs)
     try:
         result = train(cfg, x_train, y_train, x_test, y_test, len(names), checkpoint=ckpt, resume=args.resume,
@@ -143,6 +172,12 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr,
         "init": _init_note(args.init),
         "noise": NOISE_TEXT[args.mode],
+        "noise_copies": copies,
+        "objective": (f"consistency regularization (Jeong & Shin 2020): mean CE over {copies} noisy copies + "
+                      f"{lbd:g} * mean KL(p_bar || p_j) + {cfg.consistency_eta:g} * H(p_bar)" if lbd > 0
+                      else f"cross-entropy under noise ({copies} noisy cop{'y' if copies == 1 else 'ies'} "
+                           f"per image)"),
+        "consistency_lambda": lbd, "consistency_eta": cfg.consistency_eta if lbd > 0 else 0.0,
         "test_acc_clean": result["metrics"]["test_acc_clean"],
         "test_acc_noisy": result["metrics"]["test_acc_noisy"],
         "train_seconds": result["metrics"]["train_seconds"],
@@ -185,6 +220,12 @@ def _argv_of(args) -> list[str]:
         out += ["--lr", str(args.lr)]
     if args.init:
         out += ["--init", args.init]
+    if args.consistency is not None:
+        out += ["--consistency"] + ([] if args.consistency == "paper" else [str(args.consistency)])
+    if args.noise_copies is not None:
+        out += ["--noise-copies", str(args.noise_copies)]
+    if args.consistency_eta != 0.5:
+        out += ["--consistency-eta", str(args.consistency_eta)]
     out += ["--out", args.out, "--seed", str(args.seed), "--mode", args.mode]
     return out
 

@@ -16,6 +16,18 @@ Gaussian added in float and the noisy image is then quantized to the model's uin
 
 SGD with momentum 0.9 and Nesterov, weight decay 5e-4, cosine learning rate over all epochs (per
 step), random crop (zero padding) and horizontal flip.
+
+Consistency regularization (Jeong & Shin, NeurIPS 2020; ``consistency`` = lambda > 0): every image of
+a batch is seen under ``noise_copies`` = m independent noise draws (same crop and flip), all m*B
+inputs in one forward pass, and the loss is (:func:`consistency_objective`)
+
+    (1/m) sum_j CE(f(x + n_j), y)  +  lambda (1/m) sum_j KL(p_bar || p_j)  +  eta H(p_bar),
+    p_j = softmax f(x + n_j),  p_bar = (1/m) sum_j p_j,
+
+which pulls each noisy prediction towards their mean (the smoothed classifier's) and keeps that mean
+confident. The paper's CIFAR-10 settings (Gaussian + consistency): m = 2, eta = 0.5, lambda = 20 for
+sigma <= 0.5 and 10 for sigma = 1.0 (:func:`paper_lambda`). In ``intrs`` mode copy j of epoch e draws
+its discrete noise from its own sampler key (:func:`epoch_noise_key`); copy 0 is the plain run's bank.
 """
 from __future__ import annotations
 
@@ -37,9 +49,38 @@ TRAIN_NOISE_STREAM = 16
 FLOAT_NOISE_MODES = ("float", "floatq")   # continuous Gaussian noise drawn by torch
 
 
-def epoch_noise_key(seed: int, epoch: int) -> tuple[int, int]:
-    """(seed, stream) of the training noise bank of ``epoch``: streams 16..215, then the next seed block."""
-    return seed + (epoch // 200) * 2**32, TRAIN_NOISE_STREAM + epoch % 200
+COPY_SEED_STEP = 2**48      # noise copy j (consistency) shifts the seed by j * 2^48: disjoint from 2^32 epoch blocks
+CONSISTENCY_ETA = 0.5       # the paper's entropy weight (all sigmas)
+CONSISTENCY_COPIES = 2      # the paper's m for Gaussian + consistency
+
+
+def epoch_noise_key(seed: int, epoch: int, copy: int = 0) -> tuple[int, int]:
+    """(seed, stream) of noise copy ``copy`` of ``epoch``: streams 16..215, then the next seed block."""
+    return (seed + (epoch // 200) * 2**32 + copy * COPY_SEED_STEP) % 2**64, TRAIN_NOISE_STREAM + epoch % 200
+
+
+def paper_lambda(sigma: float) -> float:
+    """Jeong & Shin's consistency weight for CIFAR-10 (Gaussian + consistency): 20 up to sigma 0.5, then 10."""
+    return 20.0 if sigma <= 0.5 else 10.0
+
+
+def consistency_objective(logits: torch.Tensor, target: torch.Tensor, copies: int, lbd: float,
+                          eta: float = CONSISTENCY_ETA) -> torch.Tensor:
+    """Cross-entropy over all copies + lbd * mean_j KL(p_bar || p_j) + eta * H(p_bar).
+
+    ``logits``: (copies * B, K), copy-major (rows j*B .. (j+1)*B - 1 are copy j); ``target``: (B,).
+    With one copy or lbd = 0 this is the plain cross-entropy (the entropy term belongs to the
+    regularizer and is dropped with it).
+    """
+    ce = nn.functional.cross_entropy(logits, target.repeat(copies))
+    if copies < 2 or lbd == 0:
+        return ce
+    log_p = nn.functional.log_softmax(logits, dim=1).reshape(copies, -1, logits.shape[1])   # (m, B, K)
+    p_bar = log_p.exp().mean(0)                                                            # (B, K)
+    log_p_bar = torch.log(p_bar.clamp_min(1e-12))   # p_bar >= min_j p_j > 0 up to float underflow
+    kl = (p_bar * (log_p_bar - log_p)).sum(-1).mean()   # mean over copies and images
+    entropy = -(p_bar * log_p_bar).sum(-1).mean()
+    return ce + lbd * kl + eta * entropy
 
 
 def discrete_noise(sigma: float, shape, seed: int, stream: int) -> np.ndarray:
@@ -95,6 +136,9 @@ class TrainConfig:
     flip: bool = True
     qat_lr_scale: float = 0.1          # fine-tuning without batch norm diverges at the float learning rate
     threads: int = 2
+    consistency: float = 0.0           # lambda of consistency regularization (0: off)
+    noise_copies: int = 1              # noisy copies of each image per step (m)
+    consistency_eta: float = CONSISTENCY_ETA
     extra: dict = field(default_factory=dict)
 
     def schedule(self) -> tuple[int, int, int]:
@@ -123,6 +167,14 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
     for name, v in (("--qat-epochs", cfg.qat_epochs), ("--freeze-epochs", cfg.freeze_epochs)):
         if v is not None and v < 0:
             raise ValueError(f"{name} must be >= 0, got {v}")
+    if not (math.isfinite(cfg.consistency) and cfg.consistency >= 0):
+        raise ValueError(f"--consistency must be a number >= 0, got {cfg.consistency}")
+    if not 1 <= cfg.noise_copies <= 16:
+        raise ValueError(f"--noise-copies must be in [1, 16], got {cfg.noise_copies}")
+    if cfg.consistency > 0 and cfg.noise_copies < 2:
+        raise ValueError("--consistency compares noisy copies of each image: it needs --noise-copies >= 2")
+    if not (math.isfinite(cfg.consistency_eta) and cfg.consistency_eta >= 0):
+        raise ValueError(f"--consistency-eta must be a number >= 0, got {cfg.consistency_eta}")
     float_epochs, qat_epochs, _ = cfg.schedule()
     if cfg.mode != "float" and float_epochs == 0 and not pretrained:
         raise ValueError(
@@ -234,9 +286,11 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             net.freeze_observers(True)
         rng = np.random.default_rng([cfg.seed, epoch])
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        copies = cfg.noise_copies
         noise = None
         if cfg.mode not in FLOAT_NOISE_MODES:
-            noise = discrete_noise(cfg.sigma, x_train.shape, *epoch_noise_key(cfg.seed, epoch))
+            noise = [discrete_noise(cfg.sigma, x_train.shape, *epoch_noise_key(cfg.seed, epoch, j))
+                     for j in range(copies)]
         order = rng.permutation(n)
         net.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
@@ -251,16 +305,17 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
                 g["lr"] = lr
             lr_first = lr if lr_first is None else lr_first
             xb = augment(x_train[idx], rng, cfg.flip)
-            inp = _batch_input(cfg, xb, None if noise is None else noise[idx], gen)
+            inp = torch.cat([_batch_input(cfg, xb, None if noise is None else noise[j][idx], gen)
+                             for j in range(copies)])   # (copies * B, C, H, W), copy-major
             target = torch.as_tensor(y_train[idx])
             out = net(inp)
-            loss = nn.functional.cross_entropy(out, target)
+            loss = consistency_objective(out, target, copies, cfg.consistency, cfg.consistency_eta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
             loss_sum += loss.item() * len(idx)
-            correct += int((out.argmax(1) == target).sum())
+            correct += int((out[:len(idx)].argmax(1) == target).sum())   # copy 0: one noise draw per image
             seen += len(idx)
             if progress is not None:
                 progress(epoch, b + 1, steps_per_epoch)

@@ -37,8 +37,11 @@ def test_report_tables_gaps_and_grid(tmp_path):
     _write(res / "intrs-quant_train0.25_cert0.25.tsv", [(0, 1, 1, 0.55), (10, 2, 2, 0.2), (20, 3, 3, 0.26), (30, 4, -1, 0.0)])
     _write(res / "floatrs-quant_train0.25_cert0.25.tsv", [(0, 1, 1, 0.1), (10, 2, 0, 0.3), (20, 3, -1, 0.0), (30, 4, -1, 0.0)])
     _write(res / "intrs-quant_train0.25_cert0.50.tsv", [(0, 1, 1, 1.2), (10, 2, -1, 0.0)])
+    _write(res / "intrs-consistency_train0.25_cert0.25.tsv",
+           [(0, 1, 1, 0.8), (10, 2, 2, 0.5), (20, 3, 3, 0.3), (30, 4, 4, 0.1)])
     args = argparse.Namespace(sigmas=[0.25, 0.5], images=4, skip=10, grid_images=2, n0=100, n=10000, alpha=0.001,
-                              seed=0, epochs=20, qat_epochs=6, freeze_epochs=2, data="x.npz")
+                              seed=0, epochs=20, qat_epochs=6, freeze_epochs=2, data="x.npz",
+                              methods=list(mod.METHODS))
     summary = mod.report(args, tmp_path)
     fp = summary["main"]["floatrs-fp@0.25"]["certified_accuracy"]
     iq = summary["main"]["intrs-quant@0.25"]["certified_accuracy"]
@@ -52,3 +55,35 @@ def test_report_tables_gaps_and_grid(tmp_path):
     assert summary["grid"]["0.25->0.25"]["n"] == 2 and summary["grid"]["0.25->0.25"]["certified_accuracy"][0] == 1.0
     assert summary["grid"]["0.25->0.50"]["certified_accuracy"][:5] == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5])
     assert (tmp_path / "plots" / "sigma0.25.png").stat().st_size > 1000
+    # the recipe's row and its gain over plain IntRS-quant on the same images
+    assert summary["main"]["intrs-consistency@0.25"]["certified_accuracy"][:4] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert "| 0.25 | IntRS-quant + consistency (n=4) | 100.0 | 75.0 | 50.0 | 25.0 | 0.0 |" in text
+    assert "| 0.25 IntRS-quant + consistency | +25.0 | +25.0 | +25.0 | +25.0 | +0.0 |" in text
+
+
+def test_report_of_a_subset_of_methods_has_no_empty_sections(tmp_path):
+    mod = _module()
+    res = tmp_path / "results"
+    _write(res / "intrs-quant_train0.50_cert0.50.tsv", [(0, 1, 1, 0.55), (20, 2, 2, 0.2)])
+    _write(res / "intrs-consistency_train0.50_cert0.50.tsv", [(0, 1, 1, 0.75), (20, 2, 0, 0.0)])
+    args = argparse.Namespace(sigmas=[0.5], images=2, skip=20, grid_images=0, n0=100, n=2000, alpha=0.001,
+                              seed=0, epochs=20, qat_epochs=6, freeze_epochs=2, data="x.npz",
+                              methods=["intrs-quant", "intrs-consistency"])
+    mod.report(args, tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "FloatRS" not in text and "Train sigma vs certify sigma" not in text
+    assert "| 0.50 IntRS-quant + consistency | -50.0 | +0.0 | +0.0 | +50.0 |" in text   # same ACR, 0.375
+
+
+def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
+    mod = _module()
+    args = argparse.Namespace(epochs=20, qat_epochs=6, freeze_epochs=2, recipe_epochs=30, recipe_qat_epochs=8,
+                              recipe_freeze_epochs=3, seed=0, data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
+    shipped = REPO / "models" / "resnet20_sigma0.25.int8"
+    from intengine.engine import load_model
+
+    consistent = load_model(shipped).metadata.get("consistency_lambda", 0.0) > 0
+    plain_why = mod._reusable(args, shipped, 0.25, "intrs-quant")
+    recipe_why = mod._reusable(args, shipped, 0.25, "intrs-consistency")
+    assert (plain_why is None) != (recipe_why is None)    # a model is one method's or the other's, never both
+    assert (recipe_why is None) == consistent
