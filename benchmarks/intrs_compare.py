@@ -174,13 +174,14 @@ def _run_rows(out_tsv: Path, meta: dict, indices, y, certify_one) -> None:
 
 
 def certify_run(args, out: Path, method: str, train_sigma: float, cert_sigma: float, indices, x, y) -> Path:
+    from intengine.datasets import arrays_sha256
     from intengine.runs import file_sha256
 
     name = f"{method}_train{stag(train_sigma)}_cert{stag(cert_sigma)}.tsv"
     out_tsv = out / "results" / name
     mpath = model_path(out, method, train_sigma)
     meta = {"model": str(mpath), "model_sha256": file_sha256(mpath), "data": str(Path(args.data).resolve()),
-            "split": "test", "skip": args.skip, "max": len(indices), "n0": args.n0, "n": args.n,
+            "data_sha256": arrays_sha256(x, y), "split": "test", "skip": args.skip, "max": len(indices), "n0": args.n0, "n": args.n,
             "alpha": args.alpha, "sigma": cert_sigma, "sampler": method, "seed": args.seed}
     common = dict(sigma=cert_sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed)
     if method == "floatrs-fp":
@@ -325,7 +326,8 @@ def report(args, out: Path) -> dict:
                   "0.75 / 1.0, then ACR.", "",
                   "| train sigma | certify sigma | r=0 | r=0.25 | r=0.5 | r=0.75 | r=1.0 | ACR |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for ts in [s for s in GRID_TRAIN_SIGMAS if s in args.sigmas]:
+    grid_train_sigmas = [s for s in GRID_TRAIN_SIGMAS if s in args.sigmas] if args.grid_images > 0 else []
+    for ts in grid_train_sigmas:
         for cs in args.sigmas:
             p = res_dir / f"intrs-quant_train{stag(ts)}_cert{stag(cs)}.tsv"
             if not p.is_file():

@@ -66,7 +66,8 @@ def test_report_of_a_subset_of_methods_has_no_empty_sections(tmp_path):
     res = tmp_path / "results"
     _write(res / "intrs-quant_train0.50_cert0.50.tsv", [(0, 1, 1, 0.55), (20, 2, 2, 0.2)])
     _write(res / "intrs-consistency_train0.50_cert0.50.tsv", [(0, 1, 1, 0.75), (20, 2, 0, 0.0)])
-    args = argparse.Namespace(sigmas=[0.5], images=2, skip=20, grid_images=0, n0=100, n=2000, alpha=0.001,
+    _write(res / "intrs-quant_train0.25_cert0.25.tsv", [(0, 1, 1, 0.55), (20, 2, 2, 0.2)])   # a grid train sigma
+    args = argparse.Namespace(sigmas=[0.25, 0.5], images=2, skip=20, grid_images=0, n0=100, n=2000, alpha=0.001,
                               seed=0, epochs=20, qat_epochs=6, freeze_epochs=2, data="x.npz",
                               methods=["intrs-quant", "intrs-consistency"])
     mod.report(args, tmp_path)
