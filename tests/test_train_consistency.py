@@ -120,4 +120,4 @@ def test_consistency_training_records_its_recipe_and_reruns_from_the_command(tmp
     from intengine.datasets import load_digits_uint8
 
     text = torch_agreement(load_model(out), str(tmp_path / "m.ckpt"), load_digits_uint8("test")[0][:64])
-    assert len(re.findall(r"differ by at most [01] LSB", text)) == 2, text
+    assert len(re.findall(r"differ by at most [01] LSB", text)) == 2, text   # float64 torch: ties only
