@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, x_train, y_train, x_test, y_test, len(names), checkpoint=ckpt, resume=args.resume,
                        log=lambda s: print(s, flush=True), init=args.init, progress=progress)
+    except ValueError as exc:   # a checkpoint that does not fit this run (--resume, --init): one line
+        raise IntengineError(str(exc)) from None
     finally:
         close_bar()
     warning = chance_warning(result["metrics"]["test_acc_clean"], len(names))

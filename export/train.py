@@ -183,6 +183,20 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
             "(or --init a float checkpoint)")
 
 
+RECIPE_KEYS = ("arch", "mode", "sigma", "epochs", "seed", "batch_size", "lr", "consistency", "noise_copies",
+               "consistency_eta")   # a resumed run continues the same recipe or is refused
+
+
+def check_resume(cfg: TrainConfig, stored: dict, path: str) -> None:
+    """ValueError when checkpoint ``path`` was written by a run with another recipe than ``cfg``."""
+    defaults = TrainConfig()
+    diff = [k for k in RECIPE_KEYS if stored.get(k, getattr(defaults, k)) != getattr(cfg, k)]
+    if diff:
+        parts = ", ".join(f"{k} {stored.get(k, getattr(defaults, k))!r} -> {getattr(cfg, k)!r}" for k in diff)
+        raise ValueError(f"--resume {path} was written by another recipe ({parts}); rerun with its options "
+                         "or start a new --checkpoint")
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(1, total)))
 
@@ -268,6 +282,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
         log(f"initialized from {init} (float weights after epoch {state['epoch'] + 1})")
     if resume:
         state = torch.load(resume, weights_only=True)
+        check_resume(cfg, state.get("config", {}), resume)
         phase, start_epoch, history = state["phase"], state["epoch"] + 1, list(state["history"])
         if phase == "qat":
             net = qat.quantize_model(net)

@@ -121,3 +121,15 @@ def test_consistency_training_records_its_recipe_and_reruns_from_the_command(tmp
 
     text = torch_agreement(load_model(out), str(tmp_path / "m.ckpt"), load_digits_uint8("test")[0][:64])
     assert len(re.findall(r"differ by at most [01] LSB", text)) == 2, text   # float64 torch: ties only
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path, capsys):
+    ckpt = tmp_path / "m.ckpt"
+    assert cli_train.main(QUICK + ["--epochs", "2", "--qat-epochs", "1", "--out", str(tmp_path / "a.int8"),
+                                   "--checkpoint", str(ckpt)]) == 0
+    capsys.readouterr()
+    rc = cli_train.main(QUICK + ["--epochs", "2", "--qat-epochs", "1", "--consistency", "--resume", str(ckpt),
+                                 "--out", str(tmp_path / "b.int8"), "--checkpoint", str(tmp_path / "b.ckpt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another recipe" in err and "consistency 0.0 -> 20.0" in err and err.count("\n") == 1
+    assert not (tmp_path / "b.int8").exists()
