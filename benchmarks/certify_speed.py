@@ -5,6 +5,9 @@ Microseconds per noisy sample *including noise generation*, on the same machine,
 * ``intengine``       -- table sampler + fused ``add_noise_clip`` + the numba engine (the conv2d rung this
                          CPU selects: AVX-512 VNNI, AVX2 or portable). Validated first: the classes equal the
                          reference backend's on the same noisy batch.
+* ``intengine-static`` -- the same engine with every thread given one equal share of each layer
+                         (``INTENGINE_CLAIMS_PER_THREAD=1``: the static split of Numba's ``prange``) instead
+                         of claiming small chunks dynamically; the A/B for the loaded rounds.
 * ``floatrs-eager``   -- Cohen et al.'s CERTIFY loop: ``x.repeat``, ``randn_like * sigma``, float32 NCHW eager.
 * ``floatrs-tuned``   -- the same in channels_last under ``torch.inference_mode``.
 * ``torch-int8-fx``   -- torch's int8 path as its docs recommend: FX graph-mode post-training quantization,
@@ -55,7 +58,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PEERS = ("intengine", "floatrs-eager", "floatrs-tuned", "torch-int8-fx", "openvino", "onnxruntime")
+PEERS = ("intengine", "intengine-static", "floatrs-eager", "floatrs-tuned", "torch-int8-fx", "openvino",
+         "onnxruntime")
 DEFAULT_R20 = REPO / "models" / "resnet20_sigma0.25.int8"
 
 
@@ -121,7 +125,7 @@ def setup_intengine(args):
     import numba
 
     import intengine
-    from kernels.numba_backend import op_conv2d
+    from kernels.numba_backend import op_conv2d, worksharing
 
     model = intengine.load_model(args.model_path)
     batch = args.batch
@@ -139,9 +143,14 @@ def setup_intengine(args):
     step()  # compile, pack weights, size the buffers
     sampling = statistics.median(_batch_times(sample, 1.0)) / batch * 1e6
     executed = (f"conv2d rung {op_conv2d.SELECTED} (available: {', '.join(op_conv2d.available_rungs())}), "
-                f"numba {numba.threading_layer()} threads; sampler {sampling:.1f} us/sample; "
+                f"numba {numba.threading_layer()} threads, {_split_text(worksharing.claims_per_thread())}; "
+                f"sampler {sampling:.1f} us/sample; "
                 f"validated {k}/{k} vs reference")
     return step, executed
+
+
+def _split_text(claims: int) -> str:
+    return "static split (one share per thread)" if claims == 1 else f"dynamic split ({claims} claims per thread)"
 
 
 def _agreement(model, noisy, run) -> str:
@@ -342,6 +351,7 @@ def setup_onnxruntime(args):
 
 SETUP = {
     "intengine": setup_intengine,
+    "intengine-static": setup_intengine,
     "floatrs-eager": lambda a: setup_floatrs(a, tuned=False),
     "floatrs-tuned": lambda a: setup_floatrs(a, tuned=True),
     "torch-int8-fx": setup_torch_int8_fx,
@@ -354,7 +364,7 @@ def worker_main(args) -> None:
     """Set the peer up, print READY, then time one round per ``round SECONDS`` line on stdin."""
     import resource
 
-    if args.peer != "intengine":
+    if not args.peer.startswith("intengine"):
         try:
             import torch
 
@@ -404,6 +414,8 @@ class Worker:
                "--sigma", str(sigma), "--validate", str(validate)]
         env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if peer == "intengine-static":
+            env["INTENGINE_CLAIMS_PER_THREAD"] = "1"
         self.peer = peer
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)

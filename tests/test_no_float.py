@@ -220,7 +220,7 @@ def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
         i64 = types.int64
         sig = (arr(types.uint8), i64, i64, arr(types.int8), i64, i64, i64, i64, i64, i64, i64,
                arr(types.int64), arr(types.int64), arr(types.int32), arr(types.int32), arr(types.int64),
-               i64, i64, i64, i64, arr(types.uint8, 4), arr(types.uint8))
+               i64, i64, i64, i64, arr(types.uint8, 4), arr(types.uint8), i64, i64)
         kernel = vnni._conv2d_vnni_kernel
         kernel.compile(sig)
         llvm_ir, asm = kernel.inspect_llvm(sig), kernel.inspect_asm(sig)

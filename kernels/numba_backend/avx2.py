@@ -80,10 +80,11 @@ def _tile(variant, full, xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_str
 
 @njit(cache=True, parallel=True)
 def _conv2d_avx2_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, k_steps, n_out,
-                        bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of):
+                        bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of,
+                        n_workers, grain):
     conv2d_tiles(_tile, _LANES, _GROUP, _MAX_TILE, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of)
+                 act_min, act_max, out, of, n_workers, grain)
 
 
 def conv2d_avx2(x, weight, bias, input_zero_point, output_multiplier, output_shift,

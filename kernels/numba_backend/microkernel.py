@@ -47,6 +47,7 @@ from numba.extending import intrinsic
 
 from kernels.fixedpoint import requantize_round_half_up_scalar
 from kernels.numba_backend.llvm_vector import I16, I32, I64, I8, array_data, clamp, splat, vector_ptr
+from kernels.numba_backend.worksharing import fetch_add, work_split
 
 
 @dataclass(frozen=True)
@@ -268,44 +269,54 @@ def make_microkernels(isa: Isa, P: int, J: int):
 @njit(cache=True, inline="always")
 def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of):
-    """The driver loop every SIMD rung shares: parallel over output rows, tiles of ``tile_p`` pixels x
-    ``lanes * tile_j`` channels through ``tile`` (the rung's dispatcher over its register blocks).
+                 act_min, act_max, out, of, n_workers, grain):
+    """The driver loop every SIMD rung shares: output rows claimed in chunks by whichever thread is free
+    (:mod:`kernels.numba_backend.worksharing`), tiles of ``tile_p`` pixels x ``lanes * tile_j`` channels
+    through ``tile`` (the rung's dispatcher over its register blocks).
 
     Inlined into each rung's cached kernel (``avx2._conv2d_avx2_kernel``, ...), so no cached
     signature holds a dispatcher type (Numba cannot cache those). ``xf``: the (N, Hp, Wp, Cp) padded
     input, flat; ``wp``: packed weights; ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat
-    (flat views come from the caller: Numba's reshape(-1) infers the size with float math)."""
+    (flat views come from the caller: Numba's reshape(-1) infers the size with float math);
+    ``n_workers, grain``: :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows."""
     n_batch, out_h, out_w, _ = out.shape
     tile_o = lanes * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
     n_tiles = (out_w + tile_p - 1) // tile_p
-    for task in prange(n_batch * out_h):
+    n_tasks = n_batch * out_h
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):
         scratch = np.empty(max_tile_size, dtype=np.int32)
-        n = task // out_h
-        oh = task - n * out_h
-        for t in range(n_tiles):
-            ow0 = t * tile_p
-            for ob in range(n_blocks):
-                ch0 = ob * tile_o
-                full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
-                a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
-                o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
-                tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
-                     ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of, o_off, n_out,
-                     bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
-                if not full:  # tail tile: scalar epilogue on the valid pixels and channels
-                    for p in range(min(tile_p, out_w - ow0)):
-                        for jj in range(min(tile_o, n_out - ch0)):
-                            o = ch0 + jj
-                            acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
-                            v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + output_zero_point
-                            if v < act_min:
-                                v = act_min
-                            elif v > act_max:
-                                v = act_max
-                            out[n, oh, ow0 + p, o] = np.uint8(v)
+        while True:
+            first = fetch_add(counter, grain)
+            if first >= n_tasks:
+                break
+            for task in range(first, min(first + grain, n_tasks)):
+                n = task // out_h
+                oh = task - n * out_h
+                for t in range(n_tiles):
+                    ow0 = t * tile_p
+                    for ob in range(n_blocks):
+                        ch0 = ob * tile_o
+                        full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
+                        a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
+                        o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+                        tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
+                             ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of,
+                             o_off, n_out, bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
+                        if not full:  # tail tile: scalar epilogue on the valid pixels and channels
+                            for p in range(min(tile_p, out_w - ow0)):
+                                for jj in range(min(tile_o, n_out - ch0)):
+                                    o = ch0 + jj
+                                    acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
+                                    v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + \
+                                        output_zero_point
+                                    if v < act_min:
+                                        v = act_min
+                                    elif v > act_max:
+                                        v = act_max
+                                    out[n, oh, ow0 + p, o] = np.uint8(v)
 
 
 def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier, output_shift,
@@ -320,7 +331,8 @@ def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier
            np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
            np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.k_steps), np.int64(pk.n_out),
            pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
-           np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1))
+           np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1),
+           *work_split(out.shape[0] * out.shape[1]))
     return out
 
 
@@ -402,7 +414,7 @@ def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, outpu
 
 
 @njit(cache=True, parallel=True)
-def _pad_input_kernel(x, input_zero_point, padding, subsample, xp):
+def _pad_input_kernel(x, input_zero_point, padding, subsample, xp, n_workers, grain):
     # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way):
     # xp[n, padding + i, padding + j, c] = x[n, i * subsample, j * subsample, c], zp border (and
     # slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element inside/outside test
@@ -410,21 +422,27 @@ def _pad_input_kernel(x, input_zero_point, padding, subsample, xp):
     n_batch, _, _, channels = x.shape
     width = xp.shape[2] - 2 * padding
     zp = xp.dtype.type(input_zero_point)
-    for n in prange(n_batch):
-        for i in range(xp.shape[1]):
-            row = xp[n, i]
-            src_row = (i - padding) * subsample
-            if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
-                row[:, :channels] = zp
-            else:
-                src = x[n, src_row]
-                row[:padding, :channels] = zp
-                for w in range(width):
-                    for c in range(channels):
-                        row[padding + w, c] = src[w * subsample, c]
-                row[padding + width:, :channels] = zp
-            if channels < xp.shape[3]:
-                row[:, channels:] = 0
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):  # images claimed in chunks (worksharing.py)
+        while True:
+            first = fetch_add(counter, grain)
+            if first >= n_batch:
+                break
+            for n in range(first, min(first + grain, n_batch)):
+                for i in range(xp.shape[1]):
+                    row = xp[n, i]
+                    src_row = (i - padding) * subsample
+                    if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
+                        row[:, :channels] = zp
+                    else:
+                        src = x[n, src_row]
+                        row[:padding, :channels] = zp
+                        for w in range(width):
+                            for c in range(channels):
+                                row[padding + w, c] = src[w * subsample, c]
+                        row[padding + width:, :channels] = zp
+                    if channels < xp.shape[3]:
+                        row[:, channels:] = 0
 
 
 _WORKSPACE = threading.local()
@@ -455,5 +473,6 @@ def pad_input(isa, x, input_zero_point, padding, tile_p, stride, padded_c, subsa
     # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
     slack_rows = (tile_p * stride + padded_w - 1) // padded_w + 1
     xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, padded_c), isa.input_dtype)
-    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), np.int64(subsample), xp)
+    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), np.int64(subsample), xp,
+                      *work_split(n_batch))
     return xp

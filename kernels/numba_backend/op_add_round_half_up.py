@@ -29,6 +29,7 @@ from kernels import checks
 from llvmlite import ir
 
 from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
+from kernels.numba_backend.worksharing import fetch_add, work_split
 
 _CHUNK = 4096
 
@@ -84,7 +85,7 @@ def _add16(typingctx, a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_po
 
 @njit(cache=True, parallel=True)
 def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
-                       output_zero_point, act_min, act_max, out):
+                       output_zero_point, act_min, act_max, out, n_workers, grain):
     # a, b, out (size,) uint8; chunks are multiples of 16, so only the last one has a scalar tail;
     # a_exp = a_shift - smin and b_exp = b_shift - smin in [0, 20], total_shift = 31 - smin
     size = a.shape[0]
@@ -92,17 +93,23 @@ def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_
     a_scale = np.int64(a_multiplier) << a_exp
     b_scale = np.int64(b_multiplier) << b_exp
     n_chunks = (size + _CHUNK - 1) // _CHUNK
-    for chunk in prange(n_chunks):
-        start = chunk * _CHUNK
-        stop = min(size, start + _CHUNK)
-        i = start
-        while i + 16 <= stop:
-            _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
-                   total_shift, output_zero_point, act_min, act_max)
-            i += 16
-        for k in range(i, stop):
-            out[k] = _add_one(a[k], b[k], a_zero_point, a_scale, b_zero_point, b_scale, rounding,
-                              total_shift, output_zero_point, act_min, act_max)
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):  # chunks claimed in groups by whichever thread is free (worksharing.py)
+        while True:
+            first = fetch_add(counter, grain)
+            if first >= n_chunks:
+                break
+            for chunk in range(first, min(first + grain, n_chunks)):
+                start = chunk * _CHUNK
+                stop = min(size, start + _CHUNK)
+                i = start
+                while i + 16 <= stop:
+                    _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier,
+                           b_exp, total_shift, output_zero_point, act_min, act_max)
+                    i += 16
+                for k in range(i, stop):
+                    out[k] = _add_one(a[k], b[k], a_zero_point, a_scale, b_zero_point, b_scale, rounding,
+                                      total_shift, output_zero_point, act_min, act_max)
 
 
 def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
@@ -116,5 +123,6 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
     out = checks.output_buffer(out, a.shape, a, b)
     _add_vector_kernel(a.reshape(-1), b.reshape(-1), a_zero_point, a_multiplier, a_shift - smin,
                        b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
-                       output_zero_point, act_min, act_max, out.reshape(-1))
+                       output_zero_point, act_min, act_max, out.reshape(-1),
+                       *work_split((a.size + _CHUNK - 1) // _CHUNK))
     return out
