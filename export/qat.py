@@ -17,7 +17,8 @@ the engine does, in floating point:
 
 The engine's multiplier ``s_in * s_w / s_out`` is a Q0.31 approximation, so the engine can differ
 from this model only where ``y / s_out`` lies within about 2^-30 (relative) of a rounding tie: run in
-float64, the shipped models' logit codes agree with the engine's to 1 LSB on 99.7-100% of logits.
+float64, the shipped models' logit codes differ from the engine's on 0-0.6% of logits, by at most
+2 LSB (a tie flipped in one layer can move the next by one more).
 Run in float32 (as it trains), the convolution sums are rounded too: on the shipped models 4-16% of
 the logit codes move by 1-2 LSB (the model cards give both, ``python -m export.card --checkpoint``).
 Gradients use the straight-through estimator, zero outside the clamp range.

@@ -78,13 +78,18 @@ def test_report_of_a_subset_of_methods_has_no_empty_sections(tmp_path):
 
 def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
     mod = _module()
-    args = argparse.Namespace(epochs=20, qat_epochs=6, freeze_epochs=2, recipe_epochs=30, recipe_qat_epochs=8,
-                              recipe_freeze_epochs=3, seed=0, data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
     shipped = REPO / "models" / "resnet20_sigma0.25.int8"
     from intengine.engine import load_model
 
-    consistent = load_model(shipped).metadata.get("consistency_lambda", 0.0) > 0
+    meta = load_model(shipped).metadata
+    # the recipe's schedule as the shipped model was trained (sigma 0.25: 100 epochs), the plain one's defaults
+    args = argparse.Namespace(epochs=20, qat_epochs=6, freeze_epochs=2, recipe_epochs=meta["epochs"],
+                              recipe_qat_epochs=meta["qat_epochs"], recipe_freeze_epochs=meta["frozen_observer_epochs"],
+                              seed=0, data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
+    consistent = meta.get("consistency_lambda", 0.0) > 0
     plain_why = mod._reusable(args, shipped, 0.25, "intrs-quant")
     recipe_why = mod._reusable(args, shipped, 0.25, "intrs-consistency")
     assert (plain_why is None) != (recipe_why is None)    # a model is one method's or the other's, never both
     assert (recipe_why is None) == consistent
+    longer = argparse.Namespace(**{**vars(args), "recipe_epochs": meta["epochs"] + 1})
+    assert "epochs" in mod._reusable(longer, shipped, 0.25, "intrs-consistency")   # another schedule is refused

@@ -25,23 +25,39 @@ def threads():
 
 @pytest.mark.parametrize("n_threads", THREAD_COUNTS)
 @settings(max_examples=40, deadline=None)
-@given(n_tasks=st.integers(0, 5000), grain=st.integers(1, 700))
-def test_every_task_runs_once(n_threads, n_tasks, grain):
+@given(n_tasks=st.integers(0, 5000), grain=st.integers(1, 700), extra_workers=st.integers(0, 5))
+def test_every_task_runs_once(n_threads, n_tasks, grain, extra_workers):
+    # more workers than threads: a thread runs several workers one after the other, so the first one
+    # steals from the shares of workers that have not started yet
     numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        hits = claim_counts(np.int64(n_tasks), np.int64(numba.get_num_threads()), np.int64(grain))
+        hits, worker = claim_counts(np.int64(n_tasks), np.int64(numba.get_num_threads() + extra_workers),
+                                    np.int64(grain))
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert hits.shape == (n_tasks,)
     assert np.all(hits == 1)
+    assert n_tasks == 0 or worker.min() >= 0
 
 
 def test_claims_under_contention(threads):
     # grain 1 over 200,000 tasks: the threads claim concurrently hundreds of thousands of times, so a
     # non-atomic add would lose or duplicate claims
     threads(numba.config.NUMBA_NUM_THREADS)
-    hits = claim_counts(np.int64(200_000), np.int64(numba.get_num_threads()), np.int64(1))
+    hits, _ = claim_counts(np.int64(200_000), np.int64(numba.get_num_threads()), np.int64(1))
     assert np.all(hits == 1)
+
+
+@pytest.mark.parametrize("n_tasks,n_workers", [(12_800, 2), (12_801, 2), (37, 4), (5, 8)])
+def test_one_claim_per_thread_is_the_static_split(monkeypatch, n_tasks, n_workers):
+    # INTENGINE_CLAIMS_PER_THREAD=1: worker w runs exactly the w-th share, as prange's static split does,
+    # even with more workers than threads (no stealing)
+    monkeypatch.setenv(CLAIMS_ENV, "1")
+    workers, grain = work_split(n_tasks, n_workers)
+    hits, worker = claim_counts(np.int64(n_tasks), workers, grain)
+    share = -(-n_tasks // n_workers)
+    np.testing.assert_array_equal(hits, 1)
+    np.testing.assert_array_equal(worker, np.arange(n_tasks) // share)
 
 
 @pytest.mark.parametrize("n_tasks,n_workers,claims,grain", [
@@ -95,3 +111,4 @@ def test_conv_and_add_same_bits_on_one_thread_and_all(backend, claims, threads, 
     for got in outputs.values():
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+

@@ -47,7 +47,7 @@ from numba.extending import intrinsic
 
 from kernels.fixedpoint import requantize_round_half_up_scalar
 from kernels.numba_backend.llvm_vector import I16, I32, I64, I8, array_data, clamp, splat, vector_ptr
-from kernels.numba_backend.worksharing import fetch_add, work_split
+from kernels.numba_backend.worksharing import COUNTER_STRIDE, fetch_add, victims, work_split
 
 
 @dataclass(frozen=True)
@@ -267,56 +267,72 @@ def make_microkernels(isa: Isa, P: int, J: int):
 
 
 @njit(cache=True, inline="always")
+def conv2d_row(tile, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h, k_steps,
+               n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of,
+               tile_o, n_blocks, b_row_stride, n_tiles, n, oh, scratch):
+    """Output row ``(n, oh)``: every tile of ``tile_p`` pixels x ``tile_o`` channels through ``tile``; tail
+    tiles (partial in pixels or channels) get the scalar epilogue from the int32 sums in ``scratch``."""
+    _, out_h, out_w, _ = out.shape
+    for t in range(n_tiles):
+        ow0 = t * tile_p
+        for ob in range(n_blocks):
+            ch0 = ob * tile_o
+            full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
+            a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
+            o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+            tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
+                 ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of, o_off, n_out,
+                 bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
+            if not full:
+                for p in range(min(tile_p, out_w - ow0)):
+                    for jj in range(min(tile_o, n_out - ch0)):
+                        o = ch0 + jj
+                        acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
+                        v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + output_zero_point
+                        if v < act_min:
+                            v = act_min
+                        elif v > act_max:
+                            v = act_max
+                        out[n, oh, ow0 + p, o] = np.uint8(v)
+
+
+@njit(cache=True, inline="always")
 def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
                  act_min, act_max, out, of, n_workers, grain):
-    """The driver loop every SIMD rung shares: output rows claimed in chunks by whichever thread is free
-    (:mod:`kernels.numba_backend.worksharing`), tiles of ``tile_p`` pixels x ``lanes * tile_j`` channels
-    through ``tile`` (the rung's dispatcher over its register blocks).
+    """The driver loop every SIMD rung shares: output rows ``(n, oh)`` shared among the threads
+    (:mod:`kernels.numba_backend.worksharing`: own share first, then the others' unclaimed chunks), each
+    row through :func:`conv2d_row`.
 
     Inlined into each rung's cached kernel (``avx2._conv2d_avx2_kernel``, ...), so no cached
-    signature holds a dispatcher type (Numba cannot cache those). ``xf``: the (N, Hp, Wp, Cp) padded
-    input, flat; ``wp``: packed weights; ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat
-    (flat views come from the caller: Numba's reshape(-1) infers the size with float math);
-    ``n_workers, grain``: :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows."""
-    n_batch, out_h, out_w, _ = out.shape
+    signature holds a dispatcher type (Numba cannot cache those). ``tile``: the rung's dispatcher over
+    its register blocks; ``xf``: the (N, Hp, Wp, Cp) padded input, flat; ``wp``: packed weights;
+    ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat (flat views come from the caller:
+    Numba's reshape(-1) infers the size with float math); ``n_workers, grain``:
+    :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows."""
+    n_batch, out_h, _, _ = out.shape
     tile_o = lanes * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
-    n_tiles = (out_w + tile_p - 1) // tile_p
+    n_tiles = (out.shape[2] + tile_p - 1) // tile_p
     n_tasks = n_batch * out_h
-    counter = np.zeros(1, dtype=np.int64)
-    for _ in prange(n_workers):
+    share = (n_tasks + n_workers - 1) // n_workers
+    counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
+    for w in prange(n_workers):
         scratch = np.empty(max_tile_size, dtype=np.int32)
-        while True:
-            first = fetch_add(counter, grain)
-            if first >= n_tasks:
-                break
-            for task in range(first, min(first + grain, n_tasks)):
-                n = task // out_h
-                oh = task - n * out_h
-                for t in range(n_tiles):
-                    ow0 = t * tile_p
-                    for ob in range(n_blocks):
-                        ch0 = ob * tile_o
-                        full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
-                        a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
-                        o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
-                        tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
-                             ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of,
-                             o_off, n_out, bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
-                        if not full:  # tail tile: scalar epilogue on the valid pixels and channels
-                            for p in range(min(tile_p, out_w - ow0)):
-                                for jj in range(min(tile_o, n_out - ch0)):
-                                    o = ch0 + jj
-                                    acc = np.int64(scratch[p * tile_o + jj]) + np.int64(bias_eff[o])
-                                    v = requantize_round_half_up_scalar(acc, mult[o], shift[o]) + \
-                                        output_zero_point
-                                    if v < act_min:
-                                        v = act_min
-                                    elif v > act_max:
-                                        v = act_max
-                                    out[n, oh, ow0 + p, o] = np.uint8(v)
+        for victim in range(victims(n_workers, grain, share)):
+            v = (w + victim) % n_workers
+            first_task, last_task = v * share, min((v + 1) * share, n_tasks)
+            while True:
+                first = first_task + fetch_add(counters, v * COUNTER_STRIDE, grain)
+                if first >= last_task:
+                    break
+                for task in range(first, min(first + grain, last_task)):
+                    n = task // out_h
+                    conv2d_row(tile, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h,
+                               k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
+                               act_min, act_max, out, of, tile_o, n_blocks, b_row_stride, n_tiles, n,
+                               task - n * out_h, scratch)
 
 
 def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier, output_shift,
@@ -413,6 +429,25 @@ def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, outpu
     return packed
 
 
+@njit(cache=True, inline="always")
+def _pad_image(x, n, padding, subsample, width, channels, zp, xp):
+    # image n of x into xp (layout: _pad_input_kernel)
+    for i in range(xp.shape[1]):
+        row = xp[n, i]
+        src_row = (i - padding) * subsample
+        if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
+            row[:, :channels] = zp
+        else:
+            src = x[n, src_row]
+            row[:padding, :channels] = zp
+            for w in range(width):
+                for c in range(channels):
+                    row[padding + w, c] = src[w * subsample, c]
+            row[padding + width:, :channels] = zp
+        if channels < xp.shape[3]:
+            row[:, channels:] = 0
+
+
 @njit(cache=True, parallel=True)
 def _pad_input_kernel(x, input_zero_point, padding, subsample, xp, n_workers, grain):
     # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way):
@@ -422,27 +457,18 @@ def _pad_input_kernel(x, input_zero_point, padding, subsample, xp, n_workers, gr
     n_batch, _, _, channels = x.shape
     width = xp.shape[2] - 2 * padding
     zp = xp.dtype.type(input_zero_point)
-    counter = np.zeros(1, dtype=np.int64)
-    for _ in prange(n_workers):  # images claimed in chunks (worksharing.py)
-        while True:
-            first = fetch_add(counter, grain)
-            if first >= n_batch:
-                break
-            for n in range(first, min(first + grain, n_batch)):
-                for i in range(xp.shape[1]):
-                    row = xp[n, i]
-                    src_row = (i - padding) * subsample
-                    if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
-                        row[:, :channels] = zp
-                    else:
-                        src = x[n, src_row]
-                        row[:padding, :channels] = zp
-                        for w in range(width):
-                            for c in range(channels):
-                                row[padding + w, c] = src[w * subsample, c]
-                        row[padding + width:, :channels] = zp
-                    if channels < xp.shape[3]:
-                        row[:, channels:] = 0
+    share = (n_batch + n_workers - 1) // n_workers
+    counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
+    for w in prange(n_workers):  # images shared among the threads (worksharing.py)
+        for victim in range(victims(n_workers, grain, share)):
+            v = (w + victim) % n_workers
+            first_task, last_task = v * share, min((v + 1) * share, n_batch)
+            while True:
+                first = first_task + fetch_add(counters, v * COUNTER_STRIDE, grain)
+                if first >= last_task:
+                    break
+                for n in range(first, min(first + grain, last_task)):
+                    _pad_image(x, n, padding, subsample, width, channels, zp, xp)
 
 
 _WORKSPACE = threading.local()

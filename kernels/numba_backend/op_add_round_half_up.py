@@ -29,7 +29,7 @@ from kernels import checks
 from llvmlite import ir
 
 from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
-from kernels.numba_backend.worksharing import fetch_add, work_split
+from kernels.numba_backend.worksharing import COUNTER_STRIDE, fetch_add, victims, work_split
 
 _CHUNK = 4096
 
@@ -83,6 +83,20 @@ def _add16(typingctx, a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_po
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp,
+               b_scale, rounding, total_shift, output_zero_point, act_min, act_max):
+    # out[start:stop]: 16 lanes at a time, then the scalar tail
+    i = start
+    while i + 16 <= stop:
+        _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+               total_shift, output_zero_point, act_min, act_max)
+        i += 16
+    for k in range(i, stop):
+        out[k] = _add_one(a[k], b[k], a_zero_point, a_scale, b_zero_point, b_scale, rounding,
+                          total_shift, output_zero_point, act_min, act_max)
+
+
 @njit(cache=True, parallel=True)
 def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
                        output_zero_point, act_min, act_max, out, n_workers, grain):
@@ -93,23 +107,20 @@ def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_
     a_scale = np.int64(a_multiplier) << a_exp
     b_scale = np.int64(b_multiplier) << b_exp
     n_chunks = (size + _CHUNK - 1) // _CHUNK
-    counter = np.zeros(1, dtype=np.int64)
-    for _ in prange(n_workers):  # chunks claimed in groups by whichever thread is free (worksharing.py)
-        while True:
-            first = fetch_add(counter, grain)
-            if first >= n_chunks:
-                break
-            for chunk in range(first, min(first + grain, n_chunks)):
-                start = chunk * _CHUNK
-                stop = min(size, start + _CHUNK)
-                i = start
-                while i + 16 <= stop:
-                    _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier,
-                           b_exp, total_shift, output_zero_point, act_min, act_max)
-                    i += 16
-                for k in range(i, stop):
-                    out[k] = _add_one(a[k], b[k], a_zero_point, a_scale, b_zero_point, b_scale, rounding,
-                                      total_shift, output_zero_point, act_min, act_max)
+    share = (n_chunks + n_workers - 1) // n_workers
+    counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
+    for w in prange(n_workers):  # chunks shared among the threads (worksharing.py)
+        for victim in range(victims(n_workers, grain, share)):
+            v = (w + victim) % n_workers
+            first_task, last_task = v * share, min((v + 1) * share, n_chunks)
+            while True:
+                first = first_task + fetch_add(counters, v * COUNTER_STRIDE, grain)
+                if first >= last_task:
+                    break
+                for chunk in range(first, min(first + grain, last_task)):
+                    _add_chunk(a, b, out, chunk * _CHUNK, min(size, (chunk + 1) * _CHUNK), a_zero_point,
+                               a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding,
+                               total_shift, output_zero_point, act_min, act_max)
 
 
 def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
