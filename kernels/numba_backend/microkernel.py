@@ -267,7 +267,7 @@ def make_microkernels(isa: Isa, P: int, J: int):
 
 
 @njit(cache=True, inline="always")
-def conv2d_row(tile, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h, k_steps,
+def conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h, k_steps,
                n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of,
                tile_o, n_blocks, b_row_stride, n_tiles, n, oh, scratch):
     """Output row ``(n, oh)``: every tile of ``tile_p`` pixels x ``tile_o`` channels through ``tile``; tail
@@ -329,7 +329,7 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
                     break
                 for task in range(first, min(first + grain, last_task)):
                     n = task // out_h
-                    conv2d_row(tile, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h,
+                    conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h,
                                k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
                                act_min, act_max, out, of, tile_o, n_blocks, b_row_stride, n_tiles, n,
                                task - n * out_h, scratch)
