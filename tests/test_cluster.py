@@ -261,6 +261,9 @@ def test_client_killed_then_second_run_refused_then_resume(tmp_path, ref):
     data, serial = ref
     out = tmp_path / "c.tsv"
     with _after_first_row(_args(data, out) + ["--workers", 2], out) as proc:
+        # frozen, not dead: it still holds --out, and writes no more rows while the refused run starts
+        # (a fast machine finished all 24 images in the second run's start-up time)
+        proc.send_signal(signal.SIGSTOP)
         second = subprocess.run(_cli(_args(data, out)), capture_output=True, text=True, env=_env(), cwd=ROOT)
         assert second.returncode == 2 and second.stderr.count("\n") == 1
         assert second.stderr.startswith("intengine: error: ")

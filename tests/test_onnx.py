@@ -2,22 +2,26 @@
 
 The runtimes requantize in float32 and round half to even; the engine multiplies by an exact Q0.31
 integer and rounds half up, so a layer can differ by 1 LSB near a tie and differences propagate.
-Measured on the shipped ResNet-20 (sigma 0.25) over the 1,017 real CIFAR-10 test images of the
-subset, clean and under one draw of the engine's discrete Gaussian noise (clipped), on this AMD
-Zen 3 (AVX2, no VNNI) machine; the asserts leave one LSB and a little agreement of slack:
+Measured on the shipped ResNet-20 (sigma 0.25) over the 1,017 real CIFAR-10 test images of the subset,
+clean and under one draw of the engine's discrete Gaussian noise (clipped): max LSB and top-1 agreement,
+clean / noisy, on two CPUs (the runtimes pick their kernels by ISA; the Zen 3 column is for the 30-epoch
+model shipped then, the Zen 4 one for the 100-epoch model, printed by check_resnet20's loop). The
+asserts leave one LSB and a little agreement of slack over the worse of the two:
 
-| runtime, export                                   | max LSB clean / noisy | top-1 agreement clean / noisy |
-|---------------------------------------------------|-----------------------|-------------------------------|
-| ONNX Runtime, uint8-nhwc, uint8 weights (zp 128)  | 2 / 1                 | 99.8% / 99.4%                 |
-| ONNX Runtime, float-nchw, uint8 weights           | 2 / 1                 | 99.8% / 99.4%                 |
-| ONNX Runtime, int8 weights, no QDQ fusion (BASIC) | 1 / 2                 | 99.7% / 99.1%                 |
-| OpenVINO, uint8-nhwc, int8 weights                | 3 / 3                 | 98.6% / 97.7%                 |
-| OpenVINO, uint8-nhwc, uint8 weights               | 2 / 2                 | 99.4% / 99.1%                 |
+| runtime, export                                   | AMD Zen 3 (AVX2)       | AMD Zen 4 (AVX-512 VNNI) |
+|---------------------------------------------------|------------------------|--------------------------|
+| ONNX Runtime, uint8-nhwc, uint8 weights (zp 128)  | 2 / 1, 99.8% / 99.4%   | 2 / 2, 99.4% / 99.8%     |
+| ONNX Runtime, float-nchw, uint8 weights           | 2 / 1, 99.8% / 99.4%   | 2 / 2, 99.4% / 99.8%     |
+| ONNX Runtime, int8 weights, no QDQ fusion (BASIC) | 1 / 2, 99.7% / 99.1%   | 2 / 2, 99.3% / 99.7%     |
+| OpenVINO, uint8-nhwc, int8 weights                | 3 / 3, 98.6% / 97.7%   | 4 / 4, 98.5% / 98.9%     |
+| OpenVINO, uint8-nhwc, uint8 weights               | 2 / 2, 99.4% / 99.1%   | 3 / 4, 97.7% / 98.5%     |
 
 Not asserted, stated: ONNX Runtime's fused int8 kernels with int8 weights on AVX2 without VNNI add
 u8 x s8 pairs in saturating 16-bit arithmetic (microsoft/onnxruntime#16105): up to 75 LSB, 91% / 87%
 agreement; OpenVINO with float-nchw input and int8 weights runs the first conv in int8 and saturates
-the same way (up to 51 LSB). Hence ``weight_type="uint8"`` for ONNX Runtime on such CPUs.
+the same way (up to 51 LSB). Hence ``weight_type="uint8"`` for ONNX Runtime on such CPUs. With AVX-512 VNNI
+(``vpdpbusd`` accumulates in int32) neither saturates: ONNX Runtime's fused int8-weight kernels agree as
+closely as the uint8 ones (2 / 2 LSB, 99.4% / 99.8%), OpenVINO's float-nchw int8 export 4 / 3 LSB.
 """
 from __future__ import annotations
 
@@ -155,7 +159,7 @@ def check_resnet20(tmp_path, x, configs):
 def test_resnet20_cifar_onnxruntime_and_openvino_agree(tmp_path):
     """256 clean and 256 noisy test images: the two deployment exports in their runtimes."""
     check_resnet20(tmp_path, cifar_test()[:256], [("ort", "uint8-nhwc", "uint8", 3, 0.98),
-                                                  ("openvino", "uint8-nhwc", "int8", 4, 0.96)])
+                                                  ("openvino", "uint8-nhwc", "int8", 5, 0.96)])
 
 
 @pytest.mark.slow
@@ -164,8 +168,8 @@ def test_resnet20_cifar_all_exports_all_images(tmp_path):
     check_resnet20(tmp_path, cifar_test(), [("ort", "uint8-nhwc", "uint8", 3, 0.99),
                                             ("ort", "float-nchw", "uint8", 3, 0.99),
                                             ("ort-basic", "uint8-nhwc", "int8", 3, 0.985),
-                                            ("openvino", "uint8-nhwc", "int8", 4, 0.97),
-                                            ("openvino", "uint8-nhwc", "uint8", 3, 0.985)])
+                                            ("openvino", "uint8-nhwc", "int8", 5, 0.97),
+                                            ("openvino", "uint8-nhwc", "uint8", 5, 0.97)])
 
 
 def test_openvino_runs_the_int8_export_in_int8(tmp_path):
