@@ -20,10 +20,12 @@ Microseconds per noisy sample *including noise generation*, on the same machine,
                          THROUGHPUT hint and the plugin's optimal number of async requests (the documented way
                          to fill every core), and with the LATENCY hint on one request; the faster is
                          reported. Integer noise from our sampler.
-* ``onnxruntime``     -- the QDQ model with uint8 weights (zero point 128) and all graph optimizations (the
-                         default, ``ORT_ENABLE_ALL``), intra-op threads = the run's threads: its fused int8
-                         kernels on CPUs without VNNI add uint8 x int8 pairs in saturating 16-bit arithmetic
-                         (tests/test_onnx.py measures up to 75 LSB with int8 weights), uint8 x uint8 do not.
+* ``onnxruntime``     -- the QDQ model with all graph optimizations (the default, ``ORT_ENABLE_ALL``),
+                         intra-op threads = the run's threads; weights as ONNX Runtime's quantization docs
+                         recommend for the CPU: int8 (U8S8) where it has VNNI (AVX-512 VNNI or AVX-VNNI:
+                         ``vpdpbusd`` accumulates in int32), uint8 (zero point 128) elsewhere, where its fused
+                         kernels add uint8 x int8 pairs in saturating 16-bit arithmetic (tests/test_onnx.py
+                         measures up to 75 LSB with int8 weights) and uint8 x uint8 do not.
 
 Each ONNX peer reports its agreement with the exact integer network (largest logit difference in LSB, top-1 agreement)
 on a noisy batch, so a fast peer that computes a different network is visible as such.
@@ -99,6 +101,14 @@ class _CaptureStdout:
         self._file.seek(0)
         self.text = self._file.read().decode(errors="replace")
         self._file.close()
+
+
+def _ort_weight_type() -> str:
+    """ONNX Runtime's recommended weight type on this CPU: int8 with VNNI, uint8 without (see the docstring)."""
+    from kernels.numba_backend.microkernel import host_features
+
+    f = host_features()
+    return "int8" if f.get("avx512vnni") or f.get("avxvnni") else "uint8"
 
 
 def _sampler_for(model, batch):
@@ -326,7 +336,7 @@ def setup_onnxruntime(args):
 
     model = intengine.load_model(args.model_path)
     tmp = tempfile.mkdtemp()
-    onnx_path = export_qdq(args.model_path, os.path.join(tmp, "model.onnx"), weight_type="uint8")
+    onnx_path = export_qdq(args.model_path, os.path.join(tmp, "model.onnx"), weight_type=_ort_weight_type())
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
@@ -344,7 +354,7 @@ def setup_onnxruntime(args):
 
     step()
     ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
-    executed = (f"onnxruntime {ort.__version__}, CPUExecutionProvider, optimized graph: "
+    executed = (f"onnxruntime {ort.__version__}, CPUExecutionProvider, {_ort_weight_type()} weights, optimized graph: "
                 + ", ".join(f"{k} x{v}" for k, v in ops.most_common(5)) + f"; {_agreement(model, sample(), run)}")
     return step, executed
 

@@ -430,33 +430,61 @@ def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, outpu
 
 
 @njit(cache=True, inline="always")
-def _pad_image(x, n, padding, subsample, width, channels, zp, xp):
-    # image n of x into xp (layout: _pad_input_kernel)
-    for i in range(xp.shape[1]):
-        row = xp[n, i]
+def _fill_border(xpf, at, pixels, channels, padded_c, zp):
+    # `pixels` border pixels from flat offset `at`: zp in the real channels, 0 in the padding channels
+    if channels == padded_c:
+        xpf[at:at + pixels * padded_c] = zp
+    else:
+        for p in range(pixels):
+            for c in range(channels):
+                xpf[at + p * padded_c + c] = zp
+            for c in range(channels, padded_c):
+                xpf[at + p * padded_c + c] = 0
+
+
+@njit(cache=True, inline="always")
+def _pad_image(xf, n, height, src_width, channels, padding, subsample, width, padded_h, padded_w, padded_c, zp,
+               xpf):
+    # image n into the padded layout (_pad_input_kernel), on flat arrays with integer offsets: a
+    # contiguous row copy vectorizes (per-element 2-D indexing cost as much as the first layers' math)
+    row_len = padded_w * padded_c
+    left, right = padding * padded_c, (padding + width) * padded_c
+    for i in range(padded_h):
+        row = (n * padded_h + i) * row_len
         src_row = (i - padding) * subsample
-        if i < padding or src_row >= x.shape[1]:  # border rows and the slack rows below the image
-            row[:, :channels] = zp
+        if i < padding or src_row >= height:  # border rows and the slack rows below the image
+            _fill_border(xpf, row, padded_w, channels, padded_c, zp)
+            continue
+        src = (n * height + src_row) * src_width * channels
+        _fill_border(xpf, row, padding, channels, padded_c, zp)
+        if channels == padded_c and subsample == 1:
+            xpf[row + left:row + right] = xf[src:src + right - left]
         else:
-            src = x[n, src_row]
-            row[:padding, :channels] = zp
-            for w in range(width):
-                for c in range(channels):
-                    row[padding + w, c] = src[w * subsample, c]
-            row[padding + width:, :channels] = zp
-        if channels < xp.shape[3]:
-            row[:, channels:] = 0
+            step = subsample * channels
+            if channels == 3 and padded_c == 4:  # the RGB stem: straight-line, a 3-trip inner loop cost 4x
+                for w in range(width):
+                    at, src_at = row + left + 4 * w, src + w * step
+                    xpf[at] = xf[src_at]
+                    xpf[at + 1] = xf[src_at + 1]
+                    xpf[at + 2] = xf[src_at + 2]
+                    xpf[at + 3] = 0
+            else:  # a contiguous slice per pixel (an element loop over the channels did not vectorize)
+                for w in range(width):
+                    at, src_at = row + left + w * padded_c, src + w * step
+                    xpf[at:at + channels] = xf[src_at:src_at + channels]
+                    xpf[at + channels:at + padded_c] = 0
+        _fill_border(xpf, row + right, padding, channels, padded_c, zp)
 
 
 @njit(cache=True, parallel=True)
-def _pad_input_kernel(x, input_zero_point, padding, subsample, xp, n_workers, grain):
-    # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way):
-    # xp[n, padding + i, padding + j, c] = x[n, i * subsample, j * subsample, c], zp border (and
-    # slack rows), channels C..Cp-1 zero. Row-wise copies: a per-element inside/outside test
-    # cost as much as a small conv layer.
-    n_batch, _, _, channels = x.shape
-    width = xp.shape[2] - 2 * padding
-    zp = xp.dtype.type(input_zero_point)
+def _pad_input_kernel(xf, x_shape, input_zero_point, padding, subsample, xpf, xp_shape, n_workers, grain):
+    # x (N, H, W, C) uint8 -> xp (N, Hp, Wp, Cp) uint8 or int16 (values 0..255 either way), both flat
+    # (shapes as int64 arrays): xp[n, padding + i, padding + j, c] = x[n, i * subsample, j * subsample, c],
+    # zp border (and slack rows), channels C..Cp-1 zero.
+    n_batch, height, src_width, channels = x_shape[0], x_shape[1], x_shape[2], x_shape[3]
+    padded_h, padded_w, padded_c = xp_shape[1], xp_shape[2], xp_shape[3]
+    width = padded_w - 2 * padding
+    zp = xpf.dtype.type(input_zero_point)
     share = (n_batch + n_workers - 1) // n_workers
     counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
     for w in prange(n_workers):  # images shared among the threads (worksharing.py)
@@ -468,7 +496,8 @@ def _pad_input_kernel(x, input_zero_point, padding, subsample, xp, n_workers, gr
                 if first >= last_task:
                     break
                 for n in range(first, min(first + grain, last_task)):
-                    _pad_image(x, n, padding, subsample, width, channels, zp, xp)
+                    _pad_image(xf, n, height, src_width, channels, padding, subsample, width, padded_h,
+                               padded_w, padded_c, zp, xpf)
 
 
 _WORKSPACE = threading.local()
@@ -499,6 +528,7 @@ def pad_input(isa, x, input_zero_point, padding, tile_p, stride, padded_c, subsa
     # the last tile of a row may read up to tile_p*stride pixels past the row end: slack rows
     slack_rows = (tile_p * stride + padded_w - 1) // padded_w + 1
     xp = _workspace((n_batch, height + 2 * padding + slack_rows, padded_w, padded_c), isa.input_dtype)
-    _pad_input_kernel(x, np.int64(input_zero_point), np.int64(padding), np.int64(subsample), xp,
+    _pad_input_kernel(x.reshape(-1), np.array(x.shape, dtype=np.int64), np.int64(input_zero_point),
+                      np.int64(padding), np.int64(subsample), xp.reshape(-1), np.array(xp.shape, dtype=np.int64),
                       *work_split(n_batch))
     return xp
