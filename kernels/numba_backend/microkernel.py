@@ -236,6 +236,34 @@ def make_microkernels(isa: Isa, P: int, J: int):
                                   ir.Constant(I64, L * j))
                 builder.store(builder.trunc(r, byte_t), vector_ptr(builder, o_ptr, off, byte_t), align=1)
 
+            half_t = ir.VectorType(I64, L // 2)
+            c32 = ir.Constant(half_t, [32] * (L // 2))
+            even_lanes = ir.Constant(ir.VectorType(I32, L // 2), list(range(0, L, 2)))
+            odd_lanes = ir.Constant(ir.VectorType(I32, L // 2), list(range(1, L, 2)))
+            # lane 2i <- high dword of even product i (dword 2i+1), lane 2i+1 <- high dword of odd product i
+            interleave_high = ir.Constant(ir.VectorType(I32, L), [k + 1 if k % 2 == 0 else L + k for k in range(L)])
+
+            def high_dwords(j):
+                # y_high = (sum * M + bias_term) >> 32 as L int32 lanes, from two 32 x 32 -> 64 multiplies
+                # (vpmuldq) of the even and the odd lanes in place: no widening of the accumulators, no
+                # 64 x 64 multiply. The even lanes' low dwords and the odd lanes' high dwords are
+                # sign-extended where they stand (shl/ashr, ashr): LLVM selects vpmuldq for either.
+                ch = builder.add(ch0_, ir.Constant(I64, L * j))
+                bias = builder.load(vector_ptr(builder, bias_ptr, ch, wide_t), align=8)
+                bias_even = builder.shuffle_vector(bias, bias, even_lanes)
+                bias_odd = builder.shuffle_vector(bias, bias, odd_lanes)
+                m = builder.bitcast(builder.load(vector_ptr(builder, mult_ptr, ch, acc_t), align=4), half_t)
+                m_even = builder.ashr(builder.shl(m, c32), c32)
+                m_odd = builder.ashr(m, c32)
+                out = []
+                for p in range(P):
+                    a = builder.bitcast(accs[p * J + j], half_t)
+                    y_even = builder.add(builder.mul(builder.ashr(builder.shl(a, c32), c32), m_even), bias_even)
+                    y_odd = builder.add(builder.mul(builder.ashr(a, c32), m_odd), bias_odd)
+                    out.append(builder.shuffle_vector(builder.bitcast(y_even, acc_t), builder.bitcast(y_odd, acc_t),
+                                                      interleave_high))
+                return out
+
             fast = builder.icmp_signed("<", builder.load(tshift_ptr), ir.Constant(I64, 0))
             with builder.if_else(fast) as (high_dword, generic):
                 with high_dword:
@@ -243,11 +271,10 @@ def make_microkernels(isa: Isa, P: int, J: int):
                     hi = splat(builder, builder.trunc(builder.sub(hi_, zp_), I32), acc_t)
                     zp = splat(builder, builder.trunc(zp_, I32), acc_t)
                     for j in range(J):
-                        ys, coded = products(j)
+                        coded = builder.load(vector_ptr(builder, tshift_ptr, builder.add(ch0_, ir.Constant(I64, L * j)),
+                                                        wide_t), align=8)
                         shift32 = builder.trunc(builder.sub(ir.Constant(wide_t, [-1] * L), coded), acc_t)  # t - 32
-                        for p in range(P):
-                            y_high = builder.trunc(builder.lshr(ys[p], splat(builder, ir.Constant(I64, 32), wide_t)),
-                                                   acc_t)
+                        for p, y_high in enumerate(high_dwords(j)):
                             r = clamp(builder, builder.ashr(y_high, shift32), lo, hi)
                             store(p, j, builder.add(r, zp))
                 with generic:
