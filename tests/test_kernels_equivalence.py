@@ -422,6 +422,29 @@ def test_conv2d_int32_limits(backend):
         np.testing.assert_array_equal(kernels.get_backend(backend).conv2d(*args), REF.conv2d(*args))
 
 
+@pytest.mark.parametrize("a_shift, b_shift, form", [
+    (-1, -1, "high, k = 0"),        # t = 32: no pre-shift
+    (0, 0, "high, k = 1"),
+    (1, 21, "high, at the limit"),  # exp + k = 20 + 2 = 22
+    (2, 22, "int64 fallback"),      # exp + k = 20 + 3 = 23
+    (-31, -11, "high, k = 0"),      # t = 62, the largest total shift
+    (30, 10, "int64 fallback"),     # t = 21, k = 11
+])
+def test_add_high_dword_form_and_its_fallback(a_shift, b_shift, form):
+    # The numba add takes the 32-bit "high dword" form unless a pre-shifted operand could reach 2^30;
+    # every byte pair at the extremes of both multipliers, on each side of that limit.
+    from kernels.numba_backend.op_add_round_half_up import high_dword_pre_shift
+
+    smin = min(a_shift, b_shift)
+    k = high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin)
+    assert (k >= 0) == form.startswith("high")
+    pairs = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), axis=-1).reshape(-1, 2)
+    a = pairs[:, 0].astype(np.uint8).reshape(1, 256, 256, 1)
+    b = pairs[:, 1].astype(np.uint8).reshape(a.shape)
+    for a_zp, b_zp, ma, mb in [(0, 255, 2**31 - 1, 2**31 - 1), (255, 0, 2**30, 2**31 - 1), (128, 3, 2**30 + 1, 2**30)]:
+        _assert_same("add_round_half_up", a, b, a_zp, ma, a_shift, b_zp, mb, b_shift, 128, 0, 255)
+
+
 @pytest.mark.parametrize("act_kind", ["full", "relu", "range"])
 def test_add_covers_every_byte_pair(act_kind):
     # The numba add runs 16 lanes at a time with a scalar tail; every (a, b) pair appears here

@@ -13,6 +13,15 @@ so that every CPU has cheap instructions for it:
   ``((v + 2^(t-1)) >> t) + 2^(62-t)`` exactly, since ``2^62`` is a multiple of ``2^t``
   (``t <= 62``), and AVX2 has ``vpsrlq`` but no 64-bit ``vpsraq``.
 
+The *high-dword form* (``_add16_high``, taken where it applies: every shipped model) does less work per
+lane. With ``k = max(0, 32 - t)``, pre-shift both operands in int32 lanes, ``d = (x - zp) << (exp + k)``
+(exact while ``exp + k <= 22``: ``|d| <= 255 * 2^22 < 2^30``), multiply ``d * M`` as two in-place
+``vpmuldq`` over the even and the odd lanes (no widening to int64 lanes), add ``2^(t+k-1)``, and keep
+only the high dword of each 64-bit sum: ``floor(y / 2^(t+k)) = floor(floor(y / 2^32) / 2^(t+k-32))``,
+so one 32-bit arithmetic shift and a 32-bit clamp finish it. Bounds: ``|d * M| < 2^61``, so
+``|y| < 2^62 + 2^61`` (the rounding term is at most ``2^61``, at ``t = 62``). Where ``exp + k > 22``
+(shifts of unusual size), the int64 form below runs.
+
 Bounds: each scaled term is below 2^59 (|a - zp| < 2^8, M < 2^31, relative shift
 <= 20), so |v| < 2^60, the rounding term is at most 2^61, and
 ``0 < w < 2^62 + 2^60 + 2^61 < 2^63``: no int64 lane wraps. Numba's auto-vectorizer
@@ -29,6 +38,10 @@ from kernels import checks
 from llvmlite import ir
 
 from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
+
+V8Q = ir.VectorType(I64, 8)
+# lane 2i <- dword 2i+1 of the even products (a high dword), lane 2i+1 <- dword 2i+1 of the odd ones
+_INTERLEAVE_HIGH = ir.Constant(ir.VectorType(I32, 16), [k + 1 if k % 2 == 0 else 16 + k for k in range(16)])
 from kernels.numba_backend.worksharing import COUNTER_STRIDE, fetch_add, victims, work_split
 
 _CHUNK = 4096
@@ -83,11 +96,61 @@ def _add16(typingctx, a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_po
     return sig, codegen
 
 
+@intrinsic
+def _add16_high(typingctx, a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+                shift_high, rounding, output_zero_point, act_min, act_max):
+    """out[i:i+16] = the formula of _add_one, in the high-dword form (see the module doc): ``a_exp``,
+    ``b_exp`` here include the pre-shift ``k`` and ``shift_high = t + k - 32 >= 0``."""
+    sig = types.void(a, b, out, i, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
+                     shift_high, rounding, output_zero_point, act_min, act_max)
+
+    def codegen(context, builder, signature, args):
+        a_, b_, o_, i_ = args[:4]
+        azp, am, aexp, bzp, bm, bexp, sh, rnd, ozp, lo, hi = args[4:]
+        ty = signature.args
+        c32 = ir.Constant(V8Q, [32] * 8)
+
+        def products(arr, ty_arr, zp, multiplier, exp):
+            # d = (x - zp) << exp in int32 lanes (|d| < 2^31), then d * M for the even and the odd lanes
+            # in place: two vpmuldq, no widening
+            x = builder.zext(builder.load(vector_ptr(builder, array_data(context, builder, ty_arr, arr), i_, V16B),
+                                          align=1), V16)
+            d = builder.shl(builder.sub(x, splat(builder, builder.trunc(zp, I32), V16)),
+                            splat(builder, builder.trunc(exp, I32), V16))
+            d = builder.bitcast(d, V8Q)
+            m = splat(builder, builder.sext(builder.trunc(multiplier, I32), I64), V8Q)  # sign-extended: vpmuldq
+            return (builder.mul(builder.ashr(builder.shl(d, c32), c32), m), builder.mul(builder.ashr(d, c32), m))
+
+        ae, ao = products(a_, ty[0], azp, am, aexp)
+        be, bo = products(b_, ty[1], bzp, bm, bexp)
+        r = splat(builder, rnd, V8Q)
+        y_even = builder.add(builder.add(ae, be), r)
+        y_odd = builder.add(builder.add(ao, bo), r)
+        high = builder.shuffle_vector(builder.bitcast(y_even, V16), builder.bitcast(y_odd, V16), _INTERLEAVE_HIGH)
+        v = builder.ashr(high, splat(builder, builder.trunc(sh, I32), V16))
+        zp32 = builder.trunc(ozp, I32)
+        v = clamp(builder, v, splat(builder, builder.sub(builder.trunc(lo, I32), zp32), V16),
+                  splat(builder, builder.sub(builder.trunc(hi, I32), zp32), V16))
+        v = builder.trunc(builder.add(v, splat(builder, zp32, V16)), V16B)
+        builder.store(v, vector_ptr(builder, array_data(context, builder, ty[2], o_), i_, V16B), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp,
-               b_scale, rounding, total_shift, output_zero_point, act_min, act_max):
-    # out[start:stop]: 16 lanes at a time, then the scalar tail
+               b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift):
+    # out[start:stop]: 16 lanes at a time, then the scalar tail; pre_shift >= 0 selects the high-dword form
     i = start
+    if pre_shift >= 0:
+        shift_high = total_shift + pre_shift - 32
+        rounding_high = np.int64(1) << (total_shift + pre_shift - 1)
+        while i + 16 <= stop:
+            _add16_high(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp + pre_shift, b_zero_point,
+                        b_multiplier, b_exp + pre_shift, shift_high, rounding_high, output_zero_point, act_min,
+                        act_max)
+            i += 16
     while i + 16 <= stop:
         _add16(a, b, out, np.int64(i), a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp,
                total_shift, output_zero_point, act_min, act_max)
@@ -99,7 +162,7 @@ def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scal
 
 @njit(cache=True, parallel=True)
 def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
-                       output_zero_point, act_min, act_max, out, n_workers, grain):
+                       output_zero_point, act_min, act_max, out, pre_shift, n_workers, grain):
     # a, b, out (size,) uint8; chunks are multiples of 16, so only the last one has a scalar tail;
     # a_exp = a_shift - smin and b_exp = b_shift - smin in [0, 20], total_shift = 31 - smin
     size = a.shape[0]
@@ -120,7 +183,18 @@ def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_
                 for chunk in range(first, min(first + grain, last_task)):
                     _add_chunk(a, b, out, chunk * _CHUNK, min(size, (chunk + 1) * _CHUNK), a_zero_point,
                                a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding,
-                               total_shift, output_zero_point, act_min, act_max)
+                               total_shift, output_zero_point, act_min, act_max, pre_shift)
+
+
+def high_dword_pre_shift(a_exp: int, b_exp: int, total_shift: int) -> int:
+    """``k`` of the high-dword form (module doc), or -1 where it does not apply: the smallest ``k >= 0``
+    with ``t + k >= 32``, allowed while ``(x - zp) << (exp + k)`` stays below 2^30 in magnitude
+    (``255 << 22 < 2^30``)."""
+    k = max(0, 32 - total_shift)
+    return k if max(a_exp, b_exp) + k <= _MAX_HIGH_EXP else -1
+
+
+_MAX_HIGH_EXP = 22
 
 
 def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
@@ -135,5 +209,6 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
     _add_vector_kernel(a.reshape(-1), b.reshape(-1), a_zero_point, a_multiplier, a_shift - smin,
                        b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
                        output_zero_point, act_min, act_max, out.reshape(-1),
+                       high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin),
                        *work_split((a.size + _CHUNK - 1) // _CHUNK))
     return out
