@@ -358,6 +358,29 @@ def test_conv2d_resnet_layer_shapes(h, c, o, k, stride, padding):
     assert _assert_requantization_decides(out, acc, reals, 128, args[9], args[10]) > out.size // 4
 
 
+@pytest.mark.parametrize("h, w, c, o, k, stride, direct", [
+    (14, 14, 64, 256, 1, 1, True), (16, 16, 16, 32, 1, 2, True),   # ResNet-50 1x1, the ResNet-20 shortcut
+    (17, 17, 8, 16, 3, 2, True),                                   # unpadded 3x3 stride 2: OW = 8
+    (9, 9, 16, 16, 1, 1, False),                                   # OW = 9: a partial tile, copied
+    (8, 8, 6, 16, 1, 1, False),                                    # C = 6 is not a multiple of 4, copied
+])
+def test_conv2d_unpadded_input_read_in_place(monkeypatch, h, w, c, o, k, stride, direct):
+    # An unpadded conv whose tiles are all full reads x itself on the uint8 rung (no copy): same bits,
+    # and the copy still runs where a tile would read past a row or the channels need padding.
+    from kernels.numba_backend import microkernel, vnni
+
+    rng = np.random.default_rng(h + c + o)
+    args, _, _ = random_conv_case(rng, 3, h, w, c, o, k, stride, 0, 7, 128, "relu")
+    copies = []
+    real_pad = microkernel.pad_input
+    monkeypatch.setattr(microkernel, "pad_input", lambda *a, **kw: copies.append(a) or real_pad(*a, **kw))
+    _assert_same("conv2d", *args)
+    if vnni.AVAILABLE:
+        copies.clear()
+        kernels.get_backend("numba-vnni512").conv2d(*args)
+        assert (not copies) == direct
+
+
 def test_best_rung_is_selected_and_every_rung_is_tested():
     from kernels.numba_backend import avx2, op_conv2d, vnni
 
