@@ -36,6 +36,7 @@ class Model:
         # per-node argument tuples, prepared once (C-contiguous arrays, Python ints)
         self._plan = [self._prepare(n) for n in self.nodes]
         self._arena = threading.local()  # per-thread activation buffers, see _buffer
+        self._prepared: dict[str, list] = {}  # backend name -> per-node prepared calls, see _prepared_calls
 
     def _prepare(self, node):
         a, t = node["attrs"], {k: np.ascontiguousarray(self.tensors[v]) for k, v in node["tensors"].items()}
@@ -55,6 +56,26 @@ class Model:
         else:
             args = (a["kernel"], a["stride"], a["padding"])
         return op, node["name"], list(node["inputs"]), args
+
+    def _prepared_calls(self, backend: str, ops) -> list:
+        """Per node, the backend's prepared call (``run(*inputs, out)``, arguments checked once) or None.
+
+        A backend op may offer ``op.prepare(*args)`` (the numba conv2d and add do): the model was
+        validated at load, so the per-call checks and lookups of the op would only repeat themselves
+        (about 1.7 ms per ResNet-20 forward, 4 us per sample at batch 400). Same kernels, same bits."""
+        calls = self._prepared.get(backend)
+        if calls is None:
+            calls = []
+            for op, _, inputs, args in self._plan:
+                prepare = getattr(getattr(ops, op), "prepare", None)
+                if prepare is None or op not in ("conv2d", "add_round_half_up"):
+                    calls.append(None)
+                elif op == "conv2d":
+                    calls.append(prepare(*args, input_shape=self.activation_shapes[inputs[0]]))
+                else:
+                    calls.append(prepare(*args))
+            self._prepared[backend] = calls
+        return calls
 
     def _buffer(self, name: str, batch: int) -> np.ndarray:
         """A uint8 output buffer (batch, *shape of ``name``), reused by later forward calls of this thread.
@@ -97,11 +118,16 @@ class Model:
             return np.zeros((0, self.num_classes), dtype=np.uint8)
         values = {"input": x}
         remaining = _last_use(self._plan, self.output)
+        prepared = self._prepared_calls(backend, ops)
         try:
             for i, (op, name, inputs, args) in enumerate(self._plan):
                 ins = [values[k] for k in inputs]
                 keep = name != self.output  # the returned array is never a reused buffer
-                if op == "conv2d":
+                if prepared[i] is not None:  # inputs: this model's own activations, C-contiguous uint8
+                    dest = self._buffer(name, x.shape[0]) if keep else \
+                        np.empty((x.shape[0],) + self.activation_shapes[name], dtype=np.uint8)
+                    out = prepared[i](*ins, dest)
+                elif op == "conv2d":
                     dest = self._buffer(name, x.shape[0]) if keep else None
                     out = ops.conv2d(ins[0], *args, out=dest)
                 elif op == "linear":

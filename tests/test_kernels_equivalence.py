@@ -43,6 +43,14 @@ def _assert_same(op, *args):
         got = getattr(fast, op)(*args)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
+        prepare = getattr(getattr(fast, op), "prepare", None)
+        if prepare is not None:  # the engine's path: the same layer prepared once, called unchecked
+            n_inputs = 1 if op == "conv2d" else 2
+            inputs = [np.ascontiguousarray(a) for a in args[:n_inputs]]
+            extra = {"input_shape": inputs[0].shape[1:]} if op == "conv2d" else {}
+            out = np.full(expected.shape, 77, dtype=np.uint8)
+            assert prepare(*args[n_inputs:], **extra)(*inputs, out) is out
+            np.testing.assert_array_equal(out, expected)
     return expected
 
 
@@ -549,3 +557,18 @@ def test_conv2d_epilogue_forms(backend, shifts):
         decided += interior_count(want, act_min, act_max)
         np.testing.assert_array_equal(kernels.get_backend(backend).conv2d(*args), want)
     assert decided > want.size // 4  # the arithmetic decides, not the clamp
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKEND_NAMES if b.startswith("numba")])
+def test_prepare_checks_its_arguments_once(backend):
+    # prepare() runs the op's own checks (so a prepared call needs none): the same one-line errors
+    ops = kernels.get_backend(backend)
+    m, s = np.full(4, 2**30, np.int32), np.zeros(4, np.int32)
+    weight = np.zeros((4, 3, 3, 2), np.int8)
+    with pytest.raises(ValueError, match="-128"):
+        ops.conv2d.prepare(np.full_like(weight, -128), np.zeros(4, np.int32), 0, m, s, 0, 1, 1, 0, 255,
+                           input_shape=(5, 5, 2))
+    with pytest.raises(ValueError, match="input channels"):
+        ops.conv2d.prepare(weight, np.zeros(4, np.int32), 0, m, s, 0, 1, 1, 0, 255, input_shape=(5, 5, 3))
+    with pytest.raises(ValueError, match="a_shift - b_shift"):
+        ops.add_round_half_up.prepare(0, 2**30, 10, 0, 2**30, -11, 0, 0, 255)

@@ -87,6 +87,9 @@ def _conv2d_avx2_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, pad
                  act_min, act_max, out, of, n_workers, grain)
 
 
+KERNEL = _conv2d_avx2_kernel  # the rung's cached driver, for microkernel.PreparedConv2d
+
+
 def conv2d_avx2(x, weight, bias, input_zero_point, output_multiplier, output_shift,
                 output_zero_point, stride, padding, act_min, act_max, out):
     """conv2d into ``out`` (N, OH, OW, O) on validated arguments: the reference's bits."""

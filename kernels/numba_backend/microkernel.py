@@ -36,6 +36,7 @@ in vector IR; the equivalence tests hold every rung to the reference's bits.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -362,27 +363,48 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
                                task - n * out_h, scratch)
 
 
+class PreparedConv2d:
+    """One conv layer on a SIMD rung, with everything that depends only on the layer and its input shape done
+    once: the packed weights, the padding decision and the kernel's scalar arguments. A call costs the padding
+    copy (where one is needed), a work split and the kernel: what the engine runs per layer.
+
+    Arguments as :func:`kernels.reference.conv2d`'s, already validated (``kernels.checks.conv2d_args``);
+    ``in_channels`` and ``out_width`` of the input and output it will be called with."""
+
+    def __init__(self, isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
+                 output_zero_point, stride, padding, act_min, act_max, in_channels, out_width):
+        pk = PackedConvWeights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
+        # Unpadded, already in the rung's element type and channel grouping, every tile full: a tile reads
+        # pixels up to (OW - 1) * stride + KW - 1 = W - 1 of rows up to H - 1, all inside x, so the kernel
+        # reads x itself (ResNet-50's 1x1 convolutions copied megabytes per image for nothing).
+        self.direct = (padding == 0 and isa.input_dtype == np.uint8 and in_channels == pk.padded_c
+                       and out_width % pk.tile_p == 0)
+        # otherwise a 1x1 unpadded conv with stride s reads every s-th pixel: copy only those, run stride 1
+        self.subsample = stride if not self.direct and pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
+        self.stride = stride // self.subsample
+        self.isa, self.kernel, self.packed = isa, kernel, pk
+        self.input_zero_point, self.padding = input_zero_point, padding
+        self.args = (pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
+                     np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.k_steps), np.int64(pk.n_out),
+                     pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
+                     np.int64(self.stride), np.int64(act_min), np.int64(act_max))
+
+    def __call__(self, x, out):
+        """conv2d of ``x`` (N, H, W, C) uint8, C-contiguous, into ``out`` (N, OH, OW, O) (not overlapping x)."""
+        pk = self.packed
+        xp = x if self.direct else pad_input(self.isa, x, self.input_zero_point, self.padding, pk.tile_p,
+                                             self.stride, pk.padded_c, self.subsample)
+        self.kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, out,
+                    out.reshape(-1), *work_split(out.shape[0] * out.shape[1]))
+        return out
+
+
 def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier, output_shift,
                output_zero_point, stride, padding, act_min, act_max, out):
-    """Pack (cached), pad, and run ``kernel`` (a rung's ``_conv2d_<rung>_kernel``) into ``out``."""
-    pk = packed_weights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out.shape[2])
-    if padding == 0 and x.dtype == isa.input_dtype and x.shape[3] == pk.padded_c and out.shape[2] % pk.tile_p == 0:
-        # unpadded, already in the rung's element type and channel grouping, and every tile full: a tile
-        # reads pixels up to (OW - 1) * stride + KW - 1 = W - 1 of rows up to H - 1, all inside x, so the
-        # kernel reads x itself (ResNet-50's 1x1 convolutions copied megabytes per image for nothing)
-        xp = x
-    else:
-        # a 1x1 unpadded conv with stride s reads every s-th pixel: copy only those, run stride 1
-        subsample = stride if pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
-        stride //= subsample
-        xp = pad_input(isa, x, input_zero_point, padding, pk.tile_p, stride, pk.padded_c, subsample)
-    kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), pk.packed,
-           np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
-           np.int64(pk.padded_c), np.int64(pk.kernel_h), np.int64(pk.k_steps), np.int64(pk.n_out),
-           pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
-           np.int64(stride), np.int64(act_min), np.int64(act_max), out, out.reshape(-1),
-           *work_split(out.shape[0] * out.shape[1]))
-    return out
+    """conv2d into ``out`` on validated arguments through ``kernel`` (a rung's ``_conv2d_<rung>_kernel``),
+    the layer prepared once (:func:`prepared_conv2d`)."""
+    return prepared_conv2d(isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
+                           output_zero_point, stride, padding, act_min, act_max, x.shape[3], out.shape[2])(x, out)
 
 
 def choose_variant(isa: Isa, out_channels: int, out_width: int) -> int:
@@ -441,25 +463,28 @@ class PackedConvWeights:
         self.k_steps = k_steps
 
 
-_PACK_CACHE: dict = {}
-_PACK_CACHE_MAX = 512
+_PREPARED: dict = {}
+_PREPARED_MAX = 512
 
 
-def packed_weights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width):
-    """:class:`PackedConvWeights`, cached per (isa, arrays, zero point, output width)."""
+def prepared_conv2d(isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
+                    output_zero_point, stride, padding, act_min, act_max, in_channels, out_width) -> PreparedConv2d:
+    """:class:`PreparedConv2d`, cached per (isa, arrays, scalars, shapes)."""
     # Keyed on the arrays' identities. The entry keeps all four arrays alive, so no id in a live
     # key can be reused by another array; the arrays are treated as immutable (the engine never
     # writes them), so a hit means the same contents.
     arrays = (weight, bias, output_multiplier, output_shift)
-    key = (isa.name,) + tuple(id(a) for a in arrays) + (int(input_zero_point), out_width)
-    hit = _PACK_CACHE.get(key)
+    key = (isa.name,) + tuple(id(a) for a in arrays) + tuple(int(v) for v in (
+        input_zero_point, output_zero_point, stride, padding, act_min, act_max, in_channels, out_width))
+    hit = _PREPARED.get(key)
     if hit is not None and all(kept is a for kept, a in zip(hit[0], arrays)):
         return hit[1]
-    packed = PackedConvWeights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
-    if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
-        _PACK_CACHE.clear()
-    _PACK_CACHE[key] = (arrays, packed)
-    return packed
+    prepared = PreparedConv2d(isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
+                              output_zero_point, stride, padding, act_min, act_max, in_channels, out_width)
+    if len(_PREPARED) >= _PREPARED_MAX:
+        _PREPARED.clear()
+    _PREPARED[key] = (arrays, prepared)
+    return prepared
 
 
 @njit(cache=True, inline="always")
@@ -542,7 +567,7 @@ def _workspace(shape, dtype) -> np.ndarray:
     Allocating a fresh multi-megabyte buffer per layer costs a page fault per 4 KiB on first
     touch (about a fifth of a ResNet-20 forward at batch 400); the padded input is dead when
     conv2d returns, so one growing byte buffer per thread serves every layer and dtype."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.size < nbytes:
         buf = np.empty(nbytes, dtype=np.uint8)

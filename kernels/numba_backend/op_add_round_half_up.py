@@ -197,6 +197,31 @@ def high_dword_pre_shift(a_exp: int, b_exp: int, total_shift: int) -> int:
 _MAX_HIGH_EXP = 22
 
 
+def prepare_add_round_half_up(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
+                              output_zero_point, act_min, act_max):
+    """:func:`add_round_half_up` with these parameters as a callable ``run(a, b, out) -> out``.
+
+    The parameters are checked here, once (the same checks); ``run`` checks nothing: ``a``, ``b`` and ``out``
+    must be uint8 arrays of one shape, C-contiguous, ``out`` not overlapping the inputs. For a caller that
+    runs one validated node many times (the engine); same bits as :func:`add_round_half_up`."""
+    empty = np.zeros(0, np.uint8)
+    (_, _, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
+     output_zero_point, act_min, act_max) = checks.add_args(
+        empty, empty, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
+        output_zero_point, act_min, act_max)
+    smin = min(a_shift, b_shift)
+    head = (a_zero_point, a_multiplier, a_shift - smin, b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
+            output_zero_point, act_min, act_max)
+    pre_shift = high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin)
+
+    def run(a, b, out):
+        _add_vector_kernel(a.reshape(-1), b.reshape(-1), *head, out.reshape(-1), pre_shift,
+                           *work_split((a.size + _CHUNK - 1) // _CHUNK))
+        return out
+
+    return run
+
+
 def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
                       b_multiplier, b_shift, output_zero_point, act_min, act_max, out=None):
     """Residual add; see :func:`kernels.reference.add_round_half_up` for the definition."""
@@ -212,3 +237,6 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
                        high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin),
                        *work_split((a.size + _CHUNK - 1) // _CHUNK))
     return out
+
+
+add_round_half_up.prepare = prepare_add_round_half_up
