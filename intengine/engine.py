@@ -58,24 +58,55 @@ class Model:
         return op, node["name"], list(node["inputs"]), args
 
     def _prepared_calls(self, backend: str, ops) -> list:
-        """Per node, the backend's prepared call (``run(*inputs, out)``, arguments checked once) or None.
+        """Per node, how the backend runs it: None (the plain op), ``("run", run)`` (a prepared call,
+        ``run(*inputs, out)``), ``("conv+add", run, residual, add_name)`` (a conv fused with the add that is
+        its only reader: ``run(x, residual, conv_out, add_out)``) or ``("done",)`` (that add).
 
-        A backend op may offer ``op.prepare(*args)`` (the numba conv2d and add do): the model was
-        validated at load, so the per-call checks and lookups of the op would only repeat themselves
-        (about 1.7 ms per ResNet-20 forward, 4 us per sample at batch 400). Same kernels, same bits."""
+        A backend op may offer ``op.prepare(*args)`` and ``conv2d.prepare_add`` (the numba backend does):
+        the model was validated at load, so the per-call checks and lookups of the op would only repeat
+        themselves (about 1.1 ms per ResNet-20 forward). A conv is fused with its add where the add is its
+        only reader and the add's other input is computed before the conv (every residual block here):
+        each conv output row is added while in cache. Same kernels, same bits."""
         calls = self._prepared.get(backend)
-        if calls is None:
-            calls = []
-            for op, _, inputs, args in self._plan:
-                prepare = getattr(getattr(ops, op), "prepare", None)
-                if prepare is None or op not in ("conv2d", "add_round_half_up"):
-                    calls.append(None)
-                elif op == "conv2d":
-                    calls.append(prepare(*args, input_shape=self.activation_shapes[inputs[0]]))
-                else:
-                    calls.append(prepare(*args))
-            self._prepared[backend] = calls
+        if calls is not None:
+            return calls
+        calls = [None] * len(self._plan)
+        readers: dict[str, list[int]] = {}
+        for i, (_, _, inputs, _) in enumerate(self._plan):
+            for k in inputs:
+                readers.setdefault(k, []).append(i)
+        produced_at = {name: i for i, (_, name, _, _) in enumerate(self._plan)}
+        prepare_add = getattr(ops.conv2d, "prepare_add", None)
+        for i, (op, name, inputs, args) in enumerate(self._plan):
+            if calls[i] is not None:
+                continue
+            prepare = getattr(getattr(ops, op), "prepare", None)
+            if prepare is None or op not in ("conv2d", "add_round_half_up"):
+                continue
+            if op == "add_round_half_up":
+                calls[i] = ("run", prepare(*args))
+                continue
+            input_shape = self.activation_shapes[inputs[0]]
+            after = readers.get(name, [])
+            if prepare_add is not None and name != self.output and len(after) == 1:
+                j = after[0]
+                add_op, add_name, add_inputs, add_args = self._plan[j]
+                if add_op == "add_round_half_up" and add_inputs.count(name) == 1:
+                    residual = add_inputs[1 - add_inputs.index(name)]
+                    if residual == "input" or produced_at[residual] < i:
+                        run = prepare_add(*args, input_shape=input_shape, add=add_args,
+                                          conv_is_a=add_inputs[0] == name)
+                        calls[i], calls[j] = ("conv+add", run, residual, add_name), ("done",)
+                        continue
+            calls[i] = ("run", prepare(*args, input_shape=input_shape))
+        self._prepared[backend] = calls
         return calls
+
+    def _output(self, name: str, x) -> np.ndarray:
+        """Where node ``name`` writes for input ``x``: its reused buffer, or a fresh array for the output."""
+        if name != self.output:
+            return self._buffer(name, x.shape[0])
+        return np.empty((x.shape[0],) + self.activation_shapes[name], dtype=np.uint8)
 
     def _buffer(self, name: str, batch: int) -> np.ndarray:
         """A uint8 output buffer (batch, *shape of ``name``), reused by later forward calls of this thread.
@@ -123,10 +154,15 @@ class Model:
             for i, (op, name, inputs, args) in enumerate(self._plan):
                 ins = [values[k] for k in inputs]
                 keep = name != self.output  # the returned array is never a reused buffer
-                if prepared[i] is not None:  # inputs: this model's own activations, C-contiguous uint8
-                    dest = self._buffer(name, x.shape[0]) if keep else \
-                        np.empty((x.shape[0],) + self.activation_shapes[name], dtype=np.uint8)
-                    out = prepared[i](*ins, dest)
+                call = prepared[i]
+                if call is not None and call[0] == "done":  # computed with its conv
+                    out = values[name]
+                elif call is not None and call[0] == "conv+add":
+                    _, run, residual, add_name = call
+                    out = self._buffer(name, x.shape[0])
+                    values[add_name] = run(ins[0], values[residual], out, self._output(add_name, x))
+                elif call is not None:  # inputs: this model's own activations, C-contiguous uint8
+                    out = call[1](*ins, self._output(name, x))
                 elif op == "conv2d":
                     dest = self._buffer(name, x.shape[0]) if keep else None
                     out = ops.conv2d(ins[0], *args, out=dest)

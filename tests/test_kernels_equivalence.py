@@ -9,6 +9,7 @@ inputs.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -572,3 +573,52 @@ def test_prepare_checks_its_arguments_once(backend):
         ops.conv2d.prepare(weight, np.zeros(4, np.int32), 0, m, s, 0, 1, 1, 0, 255, input_shape=(5, 5, 3))
     with pytest.raises(ValueError, match="a_shift - b_shift"):
         ops.add_round_half_up.prepare(0, 2**30, 10, 0, 2**30, -11, 0, 0, 255)
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 12),
+    c=CHANNELS,
+    o=st.integers(1, 40),
+    k=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.integers(0, 1),
+    a_log2=st.floats(-8.0, 3.0),
+    b_log2=st.floats(-8.0, 3.0),
+    conv_is_a=st.booleans(),
+    act_kind=ACT_KIND,
+)
+def test_conv2d_fused_with_residual_add(seed, n, h, c, o, k, stride, padding, a_log2, b_log2, conv_is_a, act_kind):
+    # conv2d.prepare_add (the engine's conv + residual add, each output row added while in cache) gives the
+    # reference conv2d followed by the reference add, bit for bit, with the conv's output as either operand
+    assume(h + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    args, _, _ = random_conv_case(rng, n, h, h, c, o, k, stride, padding, int(rng.integers(0, 256)),
+                                  int(rng.integers(0, 256)), act_kind)
+    conv = REF.conv2d(*args)
+    residual = rng.integers(0, 256, size=conv.shape, dtype=np.uint8)
+    am, ash = quantize_multiplier(2.0**a_log2)
+    bm, bsh = quantize_multiplier(2.0**b_log2)
+    assume(abs(ash - bsh) <= 20)
+    add = (int(rng.integers(0, 256)), am, ash, int(rng.integers(0, 256)), bm, bsh, int(rng.integers(0, 256)), 0, 255)
+    want = REF.add_round_half_up(conv, residual, *add) if conv_is_a else REF.add_round_half_up(residual, conv, *add)
+    for fast in FAST_BACKENDS:
+        run = fast.conv2d.prepare_add(*args[1:], input_shape=args[0].shape[1:], add=add, conv_is_a=conv_is_a)
+        conv_out, add_out = np.full_like(conv, 77), np.full_like(conv, 77)
+        assert run(args[0], residual, conv_out, add_out) is add_out
+        np.testing.assert_array_equal(conv_out, conv)
+        np.testing.assert_array_equal(add_out, want)
+
+
+def test_engine_fuses_every_resnet20_residual_add():
+    from intengine.engine import load_model
+
+    model = load_model(Path(__file__).resolve().parents[1] / "models" / "resnet20_sigma0.25.int8")
+    x = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    want = model.forward(x, "reference")
+    for name in BACKEND_NAMES:
+        if name.startswith("numba"):
+            np.testing.assert_array_equal(model.forward(x, name), want)
+            kinds = [call[0] for call in model._prepared[name] if call is not None]
+            assert kinds.count("conv+add") == kinds.count("done") == 9  # one per residual block

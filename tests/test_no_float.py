@@ -63,7 +63,13 @@ CHILD = textwrap.dedent(
     fast.conv2d(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
     for name in kernels.available_backends():  # every conv2d rung this CPU has
         if name.startswith("numba-"):
-            kernels.get_backend(name).conv2d(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
+            conv = kernels.get_backend(name).conv2d
+            conv(x, w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255)
+            # the engine's conv fused with its residual add (_conv2d_add_<rung>_kernel)
+            fused = conv.prepare_add(w, np.arange(4, dtype=np.int32), 3, m, s, 7, 1, 1, 7, 255, input_shape=x.shape[1:],
+                                     add=(7, 1 << 30, -1, 9, 1 << 30, -2, 128, 0, 255))
+            y = np.empty((2, 6, 6, 4), np.uint8)
+            fused(x, rng.integers(0, 256, size=y.shape, dtype=np.uint8), y, np.empty_like(y))
     fast.linear(x.reshape(2, -1), rng.integers(-127, 128, size=(4, 108), dtype=np.int8), np.arange(4, dtype=np.int32), 3, m, s, 7, 0, 255)
     fast.add_round_half_up(x, x[::-1].copy(), 1, 1 << 30, -1, 2, 1 << 30, -2, 128, 0, 255)
     fast.avg_pool_round_half_up(x, 3, 1, 0, 1 << 30, -3, 0, 0, 255)
@@ -195,9 +201,9 @@ def test_every_fast_path_was_inspected(ir_results):
 
     expected = {"add_round_half_up:_add_vector_kernel", "conv2d:_conv2d_kernel"}
     if vnni.AVAILABLE:
-        expected |= {"conv2d:_conv2d_vnni_kernel", "conv2d:_pad_input_kernel"}
+        expected |= {"conv2d:_conv2d_vnni_kernel", "conv2d:_conv2d_add_vnni_kernel", "conv2d:_pad_input_kernel"}
     if avx2.AVAILABLE:
-        expected |= {"conv2d:_conv2d_avx2_kernel", "conv2d:_pad_input_kernel"}
+        expected |= {"conv2d:_conv2d_avx2_kernel", "conv2d:_conv2d_add_avx2_kernel", "conv2d:_pad_input_kernel"}
     assert expected <= set(ir_results), sorted(set(ir_results))
 
 
@@ -227,6 +233,13 @@ def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
         assert "define " in llvm_ir, "no IR"
         hits = float_tokens_in_ir(llvm_ir)
         assert not hits, hits[:5]
+        # the conv fused with its residual add: the same driver plus add_row's arguments
+        add_args = types.Tuple((arr(types.uint8), arr(types.uint8)) + (i64,) * 14)
+        fused_sig = sig[:-2] + (add_args,) + sig[-2:]
+        fused = vnni._conv2d_add_vnni_kernel
+        fused.compile(fused_sig)
+        fused_ir = fused.inspect_llvm(fused_sig)
+        assert "define " in fused_ir and not float_tokens_in_ir(fused_ir), float_tokens_in_ir(fused_ir)[:5]
         print("vpdpbusd", asm.count("vpdpbusd"))
         """)
     env = dict(os.environ, NUMBA_CPU_NAME=VNNI_CPU[0], NUMBA_CPU_FEATURES=VNNI_CPU[1],

@@ -9,8 +9,9 @@ from __future__ import annotations
 from numba import njit
 
 from kernels.numba_backend.microkernel import (conv2d_tiles, host_features, make_microkernels, max_tile,
-                                               run_conv2d)
+                                               no_row_op, run_conv2d)
 from kernels.numba_backend.microkernel import AVX2 as ISA
+from kernels.numba_backend.op_add_round_half_up import add_row
 
 _features = host_features()
 AVAILABLE = bool(_features.get("avx2", False))
@@ -84,10 +85,17 @@ def _conv2d_avx2_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, pad
                         n_workers, grain):
     conv2d_tiles(_tile, _LANES, _GROUP, _MAX_TILE, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of, n_workers, grain)
+                 act_min, act_max, out, of, no_row_op, (0,), n_workers, grain)
 
 
-KERNEL = _conv2d_avx2_kernel  # the rung's cached driver, for microkernel.PreparedConv2d
+@njit(cache=True, parallel=True)
+def _conv2d_add_avx2_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, k_steps,
+                            n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max,
+                            out, of, add_args, n_workers, grain):
+    # the conv, then the residual add of each output row while the row is in cache (add_row, add_args)
+    conv2d_tiles(_tile, _LANES, _GROUP, _MAX_TILE, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
+                 kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
+                 act_min, act_max, out, of, add_row, add_args, n_workers, grain)
 
 
 def conv2d_avx2(x, weight, bias, input_zero_point, output_multiplier, output_shift,

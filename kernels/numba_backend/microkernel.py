@@ -325,9 +325,15 @@ def conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kern
 
 
 @njit(cache=True, inline="always")
+def no_row_op(of, start, stop, row_args):
+    """The plain conv's row hook: nothing after a row (inlined away)."""
+    pass
+
+
+@njit(cache=True, inline="always")
 def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of, n_workers, grain):
+                 act_min, act_max, out, of, row_op, row_args, n_workers, grain):
     """The driver loop every SIMD rung shares: output rows ``(n, oh)`` shared among the threads
     (:mod:`kernels.numba_backend.worksharing`: own share first, then the others' unclaimed chunks), each
     row through :func:`conv2d_row`.
@@ -336,9 +342,11 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
     signature holds a dispatcher type (Numba cannot cache those). ``tile``: the rung's dispatcher over
     its register blocks; ``xf``: the (N, Hp, Wp, Cp) padded input, flat; ``wp``: packed weights;
     ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat (flat views come from the caller:
-    Numba's reshape(-1) infers the size with float math); ``n_workers, grain``:
+    Numba's reshape(-1) infers the size with float math); ``row_op(of, start, stop, row_args)`` runs on
+    each output row's flat range right after the row is written (:func:`no_row_op`, or the residual add
+    of a fused conv + add: ``op_add_round_half_up.add_row``); ``n_workers, grain``:
     :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows."""
-    n_batch, out_h, _, _ = out.shape
+    n_batch, out_h, out_w, _ = out.shape
     tile_o = lanes * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
@@ -361,6 +369,8 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
                                k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
                                act_min, act_max, out, of, tile_o, n_blocks, b_row_stride, n_tiles, n,
                                task - n * out_h, scratch)
+                    row = task * out_w * n_out  # the row just written, still in this core's cache
+                    row_op(of, row, row + out_w * n_out, row_args)
 
 
 class PreparedConv2d:
@@ -373,6 +383,8 @@ class PreparedConv2d:
 
     def __init__(self, isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
                  output_zero_point, stride, padding, act_min, act_max, in_channels, out_width):
+        self.init_args = (weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
+                          stride, padding, act_min, act_max, in_channels, out_width)
         pk = PackedConvWeights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
         # Unpadded, already in the rung's element type and channel grouping, every tile full: a tile reads
         # pixels up to (OW - 1) * stride + KW - 1 = W - 1 of rows up to H - 1, all inside x, so the kernel
@@ -389,14 +401,38 @@ class PreparedConv2d:
                      pk.bias_eff, pk.bias_term, pk.mult, pk.shift, pk.tshift, np.int64(output_zero_point),
                      np.int64(self.stride), np.int64(act_min), np.int64(act_max))
 
+    def _input(self, x):
+        pk = self.packed
+        return x if self.direct else pad_input(self.isa, x, self.input_zero_point, self.padding, pk.tile_p,
+                                               self.stride, pk.padded_c, self.subsample)
+
     def __call__(self, x, out):
         """conv2d of ``x`` (N, H, W, C) uint8, C-contiguous, into ``out`` (N, OH, OW, O) (not overlapping x)."""
-        pk = self.packed
-        xp = x if self.direct else pad_input(self.isa, x, self.input_zero_point, self.padding, pk.tile_p,
-                                             self.stride, pk.padded_c, self.subsample)
+        xp = self._input(x)
         self.kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, out,
                     out.reshape(-1), *work_split(out.shape[0] * out.shape[1]))
         return out
+
+
+class PreparedConv2dAdd(PreparedConv2d):
+    """A conv layer whose output is one operand of a residual add: each output row is added to the other
+    operand right after it is written, while it is in this core's cache (``op_add_round_half_up.add_row``
+    inside the rung's ``_conv2d_add_<rung>_kernel``), instead of a second pass over both tensors.
+    ``add_params``: ``op_add_round_half_up.row_params`` with the conv's output as operand a. The same bits
+    as the conv followed by the add: the add reads the conv's uint8 output row as written."""
+
+    def __init__(self, isa, add_kernel, add_params, *conv_args):
+        super().__init__(isa, None, *conv_args)
+        self.add_kernel, self.add_params = add_kernel, add_params
+
+    def __call__(self, x, residual, conv_out, add_out):
+        """``add_out = add(conv2d(x), residual)``, the conv's own output in ``conv_out`` (all C-contiguous
+        uint8, ``residual`` and both outputs (N, OH, OW, O), none overlapping another)."""
+        xp = self._input(x)
+        self.add_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, conv_out,
+                        conv_out.reshape(-1), (residual.reshape(-1), add_out.reshape(-1)) + self.add_params,
+                        *work_split(conv_out.shape[0] * conv_out.shape[1]))
+        return add_out
 
 
 def run_conv2d(isa, kernel, x, weight, bias, input_zero_point, output_multiplier, output_shift,

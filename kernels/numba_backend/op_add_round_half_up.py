@@ -160,6 +160,28 @@ def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scal
                           total_shift, output_zero_point, act_min, act_max)
 
 
+@njit(cache=True, inline="always")
+def add_row(of, start, stop, add_args):
+    """The row hook of a fused conv + add (``microkernel.conv2d_tiles``): ``out[start:stop] = the add of
+    of[start:stop]`` (the conv's output row, operand a) ``and b[start:stop]``; ``add_args = (b, out) +``
+    :func:`row_params`."""
+    (b, out, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding,
+     total_shift, output_zero_point, act_min, act_max, pre_shift) = add_args
+    _add_chunk(of, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier,
+               b_exp, b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift)
+
+
+def row_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift, output_zero_point,
+               act_min, act_max) -> tuple:
+    """The scalars of :func:`add_row` (int64) for validated add parameters, as _add_vector_kernel derives them."""
+    smin = min(a_shift, b_shift)
+    a_exp, b_exp, total_shift = a_shift - smin, b_shift - smin, 31 - smin
+    return tuple(np.int64(v) for v in (
+        a_zero_point, a_multiplier, a_exp, a_multiplier << a_exp, b_zero_point, b_multiplier, b_exp,
+        b_multiplier << b_exp, 1 << (total_shift - 1), total_shift, output_zero_point, act_min, act_max,
+        high_dword_pre_shift(a_exp, b_exp, total_shift)))
+
+
 @njit(cache=True, parallel=True)
 def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
                        output_zero_point, act_min, act_max, out, pre_shift, n_workers, grain):

@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from kernels import checks
 from kernels.numba_backend import avx2, vnni
-from kernels.numba_backend.microkernel import PreparedConv2d
+from kernels.numba_backend.microkernel import PreparedConv2d, PreparedConv2dAdd
 from kernels.fixedpoint import requantize_round_half_up_scalar
 
 
@@ -122,6 +122,12 @@ conv2d_avx2 = _rung_conv2d("avx2")
 conv2d_vnni512 = _rung_conv2d("vnni512")
 
 
+def _rung_kernels(rung):
+    """(ISA, conv kernel, conv + add kernel) of a SIMD rung, looked up by name when a layer is prepared."""
+    module, short = (vnni, "vnni") if rung == "vnni512" else (avx2, "avx2")
+    return module.ISA, getattr(module, f"_conv2d_{short}_kernel"), getattr(module, f"_conv2d_add_{short}_kernel")
+
+
 def prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point, stride,
                    padding, act_min, act_max, input_shape, rung=None):
     """One layer of :func:`conv2d` as a callable ``run(x, out) -> out`` for inputs of ``input_shape`` (H, W, C).
@@ -139,8 +145,8 @@ def prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shi
         output_multiplier, output_shift, output_zero_point, stride, padding, act_min, act_max)
     scalars = (output_zero_point, stride, padding, act_min, act_max)
     if rung in ("vnni512", "avx2"):
-        module = vnni if rung == "vnni512" else avx2
-        return PreparedConv2d(module.ISA, module.KERNEL, weight, bias, input_zero_point, output_multiplier,
+        isa, kernel, _ = _rung_kernels(rung)
+        return PreparedConv2d(isa, kernel, weight, bias, input_zero_point, output_multiplier,
                               output_shift, *scalars, weight.shape[3], out_w)
     n_out, kernel_h, kernel_w, channels = weight.shape
     weight16 = weight.reshape(n_out, kernel_h * kernel_w * channels).astype(np.int16)
@@ -153,9 +159,39 @@ def prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shi
     return run_portable
 
 
+def prepare_conv2d_add(weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point, stride,
+                       padding, act_min, act_max, input_shape, add, conv_is_a=True, rung=None):
+    """A conv layer whose output is one operand of a residual add, as one callable
+    ``run(x, residual, conv_out, add_out) -> add_out``: ``add_out = add_round_half_up(conv2d(x), residual,
+    *add)`` (``conv_is_a``; else the conv's output is operand b), ``conv_out`` receives the conv's output.
+
+    ``add``: the add's parameters after its two inputs. Everything is checked here, once, as by the ops;
+    ``run`` checks nothing (arrays as in :func:`prepare_conv2d`, ``residual`` and ``add_out`` of the conv
+    output's shape, no two overlapping). On the SIMD rungs each conv output row is added while it is in
+    cache (:class:`~kernels.numba_backend.microkernel.PreparedConv2dAdd`); the bits are those of the two
+    ops in sequence (the equivalence tests check it)."""
+    from kernels.numba_backend.op_add_round_half_up import prepare_add_round_half_up, row_params
+
+    rung = rung or SELECTED
+    conv = prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
+                          stride, padding, act_min, act_max, input_shape, rung=rung)
+    a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max = add
+    if not conv_is_a:  # the add's formula is symmetric in its operands: make the conv's output operand a
+        a_zp, a_m, a_s, b_zp, b_m, b_s = b_zp, b_m, b_s, a_zp, a_m, a_s
+    add_run = prepare_add_round_half_up(a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max)  # checks
+    if not isinstance(conv, PreparedConv2d):
+        def run_portable(x, residual, conv_out, add_out):
+            return add_run(conv(x, conv_out), residual, add_out)
+        return run_portable
+    isa, _, add_kernel = _rung_kernels(rung)
+    params = row_params(a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max)
+    return PreparedConv2dAdd(isa, add_kernel, params, *conv.init_args)
+
+
 for _rung, _conv in (("portable", conv2d_portable), ("avx2", conv2d_avx2), ("vnni512", conv2d_vnni512),
                      (SELECTED, conv2d)):
     _conv.prepare = functools.partial(prepare_conv2d, rung=_rung)
+    _conv.prepare_add = functools.partial(prepare_conv2d_add, rung=_rung)
 
 
 def _conv2d(x, weight, bias, input_zero_point, output_multiplier, output_shift,

@@ -1,0 +1,73 @@
+"""Conv + residual add, fused vs separate, on ResNet-20's three residual-block shapes (numba backend).
+
+    python benchmarks/fusion_speed.py [--batch 400] [--rounds 5] [--repeat 5]
+
+"separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors); "fused":
+``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache). Both are first
+checked to give the same bits. Rounds are interleaved; reported: microseconds per sample, the fastest
+call of each round, and the fastest overall.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from kernel_speed import make_case  # noqa: E402
+
+ADD = (100, 1500000000, -1, 7, 1300000000, 0, 128, 0, 255)  # a ResNet-20-like add: scales ~0.7 and ~0.6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    ops = kernels.get_backend("numba")
+    rng = np.random.default_rng(0)
+    cases = []
+    for size, channels in ((32, 16), (16, 32), (8, 64)):
+        x, w, b, m, s, *_ = make_case(rng, args.batch, size, channels, channels, 3)
+        conv_args = (w, b, 128, m, s, 100, 1, 1, 0, 255)
+        residual = rng.integers(0, 256, (args.batch, size, size, channels), dtype=np.uint8)
+        conv_out, add_out = np.empty_like(residual), np.empty_like(residual)
+        conv = ops.conv2d.prepare(*conv_args, input_shape=x.shape[1:])
+        add = ops.add_round_half_up.prepare(*ADD)
+        fused = ops.conv2d.prepare_add(*conv_args, input_shape=x.shape[1:], add=ADD)
+        want = add(conv(x, conv_out), residual, np.empty_like(residual)).copy()
+        assert np.array_equal(fused(x, residual, conv_out, add_out), want), "fused and separate differ"
+        runs = {"separate": lambda c=conv, a=add, x=x, r=residual, co=conv_out, ao=add_out: a(c(x, co), r, ao),
+                "fused": lambda f=fused, x=x, r=residual, co=conv_out, ao=add_out: f(x, r, co, ao)}
+        cases.append((f"{size}x{size}x{channels}", runs))
+    times: dict = {}
+    for _ in range(args.rounds):
+        for label, runs in cases:
+            for name, fn in runs.items():
+                fn()
+                best = min(_timed(fn) for _ in range(args.repeat))
+                times.setdefault((label, name), []).append(best / args.batch * 1e6)
+    print(f"numba conv2d rung {kernels.numba_backend.op_conv2d.SELECTED}, batch {args.batch}; us/sample, "
+          f"fastest per round")
+    print("| block shape | separate | fused | fused / separate |\n|---|---:|---:|---:|")
+    for label, _ in cases:
+        sep, fus = min(times[(label, "separate")]), min(times[(label, "fused")])
+        print(f"| {label} | {sep:.2f} | {fus:.2f} | {fus / sep:.2f} |")
+    return 0
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
