@@ -6,7 +6,9 @@
 Wraps the backend's op functions with timers (the kernels themselves are untouched), runs one
 warm-up forward, then ``--repeat`` timed forwards on random uint8 input; prints microseconds per
 sample. Conv layers with the same shape are grouped; GMAC/s counts multiply-accumulates of the
-convolution only (padding and the epilogue are inside the timed call).
+convolution only (padding and the epilogue are inside the timed call). The engine's prepared calls are
+timed; its conv + residual add fusion (``conv2d.prepare_add``) is left off so that each op has its own time
+(``benchmarks/fusion_speed.py`` measures what the fusion saves).
 """
 from __future__ import annotations
 
