@@ -383,8 +383,6 @@ class PreparedConv2d:
 
     def __init__(self, isa, kernel, weight, bias, input_zero_point, output_multiplier, output_shift,
                  output_zero_point, stride, padding, act_min, act_max, in_channels, out_width):
-        self.init_args = (weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
-                          stride, padding, act_min, act_max, in_channels, out_width)
         pk = PackedConvWeights(isa, weight, bias, input_zero_point, output_multiplier, output_shift, out_width)
         # Unpadded, already in the rung's element type and channel grouping, every tile full: a tile reads
         # pixels up to (OW - 1) * stride + KW - 1 = W - 1 of rows up to H - 1, all inside x, so the kernel
@@ -414,22 +412,21 @@ class PreparedConv2d:
         return out
 
 
-class PreparedConv2dAdd(PreparedConv2d):
-    """A conv layer whose output is one operand of a residual add: each output row is added to the other
-    operand right after it is written, while it is in this core's cache (``op_add_round_half_up.add_row``
-    inside the rung's ``_conv2d_add_<rung>_kernel``), instead of a second pass over both tensors.
-    ``add_params``: ``op_add_round_half_up.row_params`` with the conv's output as operand a. The same bits
-    as the conv followed by the add: the add reads the conv's uint8 output row as written."""
+class PreparedConv2dAdd:
+    """A prepared conv layer (:class:`PreparedConv2d`) whose output is one operand of a residual add: each
+    output row is added to the other operand right after it is written, while it is in this core's cache
+    (``op_add_round_half_up.add_row`` inside the rung's ``_conv2d_add_<rung>_kernel``), instead of a second
+    pass over both tensors. ``add_params``: ``op_add_round_half_up.row_params`` with the conv's output as
+    operand a. The same bits as the conv followed by the add: the add reads the conv's uint8 row as written."""
 
-    def __init__(self, isa, add_kernel, add_params, *conv_args):
-        super().__init__(isa, None, *conv_args)
-        self.add_kernel, self.add_params = add_kernel, add_params
+    def __init__(self, conv: PreparedConv2d, add_kernel, add_params):
+        self.conv, self.add_kernel, self.add_params = conv, add_kernel, add_params
 
     def __call__(self, x, residual, conv_out, add_out):
         """``add_out = add(conv2d(x), residual)``, the conv's own output in ``conv_out`` (all C-contiguous
         uint8, ``residual`` and both outputs (N, OH, OW, O), none overlapping another)."""
-        xp = self._input(x)
-        self.add_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, conv_out,
+        xp = self.conv._input(x)
+        self.add_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.conv.args, conv_out,
                         conv_out.reshape(-1), (residual.reshape(-1), add_out.reshape(-1)) + self.add_params,
                         *work_split(conv_out.shape[0] * conv_out.shape[1]))
         return add_out

@@ -183,9 +183,9 @@ def prepare_conv2d_add(weight, bias, input_zero_point, output_multiplier, output
         def run_portable(x, residual, conv_out, add_out):
             return add_run(conv(x, conv_out), residual, add_out)
         return run_portable
-    isa, _, add_kernel = _rung_kernels(rung)
+    add_kernel = _rung_kernels(rung)[2]
     params = row_params(a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max)
-    return PreparedConv2dAdd(isa, add_kernel, params, *conv.init_args)
+    return PreparedConv2dAdd(conv, add_kernel, params)
 
 
 for _rung, _conv in (("portable", conv2d_portable), ("avx2", conv2d_avx2), ("vnni512", conv2d_vnni512),
