@@ -350,7 +350,7 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
     tile_o = lanes * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
-    n_tiles = (out.shape[2] + tile_p - 1) // tile_p
+    n_tiles = (out_w + tile_p - 1) // tile_p
     n_tasks = n_batch * out_h
     share = (n_tasks + n_workers - 1) // n_workers
     counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
@@ -416,7 +416,7 @@ class PreparedConv2dAdd:
     """A prepared conv layer (:class:`PreparedConv2d`) whose output is one operand of a residual add: each
     output row is added to the other operand right after it is written, while it is in this core's cache
     (``op_add_round_half_up.add_row`` inside the rung's ``_conv2d_add_<rung>_kernel``), instead of a second
-    pass over both tensors. ``add_params``: ``op_add_round_half_up.row_params`` with the conv's output as
+    pass over both tensors. ``add_params``: ``op_add_round_half_up.kernel_params`` with the conv's output as
     operand a. The same bits as the conv followed by the add: the add reads the conv's uint8 row as written."""
 
     def __init__(self, conv: PreparedConv2d, add_kernel, add_params):

@@ -38,11 +38,11 @@ from kernels import checks
 from llvmlite import ir
 
 from kernels.numba_backend.llvm_vector import I32, I64, V16, V16B, V16Q, array_data, clamp, splat, vector_ptr
+from kernels.numba_backend.worksharing import COUNTER_STRIDE, fetch_add, victims, work_split
 
 V8Q = ir.VectorType(I64, 8)
 # lane 2i <- dword 2i+1 of the even products (a high dword), lane 2i+1 <- dword 2i+1 of the odd ones
 _INTERLEAVE_HIGH = ir.Constant(ir.VectorType(I32, 16), [k + 1 if k % 2 == 0 else 16 + k for k in range(16)])
-from kernels.numba_backend.worksharing import COUNTER_STRIDE, fetch_add, victims, work_split
 
 _CHUNK = 4096
 
@@ -164,16 +164,19 @@ def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scal
 def add_row(of, start, stop, add_args):
     """The row hook of a fused conv + add (``microkernel.conv2d_tiles``): ``out[start:stop] = the add of
     of[start:stop]`` (the conv's output row, operand a) ``and b[start:stop]``; ``add_args = (b, out) +``
-    :func:`row_params`."""
+    :func:`kernel_params`."""
     (b, out, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding,
      total_shift, output_zero_point, act_min, act_max, pre_shift) = add_args
     _add_chunk(of, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier,
                b_exp, b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift)
 
 
-def row_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift, output_zero_point,
-               act_min, act_max) -> tuple:
-    """The scalars of :func:`add_row` (int64) for validated add parameters, as _add_vector_kernel derives them."""
+def kernel_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift, output_zero_point,
+                  act_min, act_max) -> tuple:
+    """The scalars (int64) that ``_add_chunk`` takes after its arrays, for validated add parameters: with
+    ``smin = min(a_shift, b_shift)``, ``a_exp = a_shift - smin``, ``a_scale = Ma << a_exp`` (< 2^51), likewise
+    for b, ``total_shift = 31 - smin`` in [1, 62], its rounding term, and the high-dword pre-shift (-1: the
+    int64 form). The one place they are derived: the op, its prepared call and the fused conv use them."""
     smin = min(a_shift, b_shift)
     a_exp, b_exp, total_shift = a_shift - smin, b_shift - smin, 31 - smin
     return tuple(np.int64(v) for v in (
@@ -183,14 +186,12 @@ def row_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, 
 
 
 @njit(cache=True, parallel=True)
-def _add_vector_kernel(a, b, a_zero_point, a_multiplier, a_exp, b_zero_point, b_multiplier, b_exp, total_shift,
-                       output_zero_point, act_min, act_max, out, pre_shift, n_workers, grain):
-    # a, b, out (size,) uint8; chunks are multiples of 16, so only the last one has a scalar tail;
-    # a_exp = a_shift - smin and b_exp = b_shift - smin in [0, 20], total_shift = 31 - smin
+def _add_vector_kernel(a, b, out, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp,
+                       b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift, n_workers,
+                       grain):
+    # a, b, out (size,) uint8, the scalars from kernel_params; chunks are multiples of 16, so only the
+    # last one has a scalar tail
     size = a.shape[0]
-    rounding = np.int64(1) << (total_shift - np.int64(1))
-    a_scale = np.int64(a_multiplier) << a_exp
-    b_scale = np.int64(b_multiplier) << b_exp
     n_chunks = (size + _CHUNK - 1) // _CHUNK
     share = (n_chunks + n_workers - 1) // n_workers
     counters = np.zeros(n_workers * COUNTER_STRIDE, dtype=np.int64)
@@ -231,13 +232,11 @@ def prepare_add_round_half_up(a_zero_point, a_multiplier, a_shift, b_zero_point,
      output_zero_point, act_min, act_max) = checks.add_args(
         empty, empty, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
         output_zero_point, act_min, act_max)
-    smin = min(a_shift, b_shift)
-    head = (a_zero_point, a_multiplier, a_shift - smin, b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
-            output_zero_point, act_min, act_max)
-    pre_shift = high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin)
+    params = kernel_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
+                           output_zero_point, act_min, act_max)
 
     def run(a, b, out):
-        _add_vector_kernel(a.reshape(-1), b.reshape(-1), *head, out.reshape(-1), pre_shift,
+        _add_vector_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1), *params,
                            *work_split((a.size + _CHUNK - 1) // _CHUNK))
         return out
 
@@ -251,12 +250,10 @@ def add_round_half_up(a, b, a_zero_point, a_multiplier, a_shift, b_zero_point,
      output_zero_point, act_min, act_max) = checks.add_args(
         a, b, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
         output_zero_point, act_min, act_max)
-    smin = min(a_shift, b_shift)
     out = checks.output_buffer(out, a.shape, a, b)
-    _add_vector_kernel(a.reshape(-1), b.reshape(-1), a_zero_point, a_multiplier, a_shift - smin,
-                       b_zero_point, b_multiplier, b_shift - smin, 31 - smin,
-                       output_zero_point, act_min, act_max, out.reshape(-1),
-                       high_dword_pre_shift(a_shift - smin, b_shift - smin, 31 - smin),
+    _add_vector_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1),
+                       *kernel_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
+                                      output_zero_point, act_min, act_max),
                        *work_split((a.size + _CHUNK - 1) // _CHUNK))
     return out
 

@@ -135,7 +135,7 @@ def prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shi
     The arguments are checked here, once (the same checks as :func:`conv2d`); ``run`` checks nothing: ``x``
     must be uint8 (N, H, W, C), C-contiguous, and ``out`` uint8 (N, OH, OW, O), C-contiguous, not overlapping
     ``x``. For a caller that runs one validated layer many times (the engine): same bits as :func:`conv2d`,
-    without its per-call Python work (checks, cache lookups; about 1.7 ms per ResNet-20 forward in all)."""
+    without its per-call Python work (checks, cache lookups; about 1.1 ms per ResNet-20 forward in all)."""
     rung = rung or SELECTED
     if not _RUNG_AVAILABLE[rung]:
         raise ValueError(f"this CPU cannot run the {rung} conv2d rung (available: {', '.join(available_rungs())})")
@@ -170,7 +170,7 @@ def prepare_conv2d_add(weight, bias, input_zero_point, output_multiplier, output
     output's shape, no two overlapping). On the SIMD rungs each conv output row is added while it is in
     cache (:class:`~kernels.numba_backend.microkernel.PreparedConv2dAdd`); the bits are those of the two
     ops in sequence (the equivalence tests check it)."""
-    from kernels.numba_backend.op_add_round_half_up import prepare_add_round_half_up, row_params
+    from kernels.numba_backend.op_add_round_half_up import prepare_add_round_half_up, kernel_params
 
     rung = rung or SELECTED
     conv = prepare_conv2d(weight, bias, input_zero_point, output_multiplier, output_shift, output_zero_point,
@@ -184,7 +184,7 @@ def prepare_conv2d_add(weight, bias, input_zero_point, output_multiplier, output
             return add_run(conv(x, conv_out), residual, add_out)
         return run_portable
     add_kernel = _rung_kernels(rung)[2]
-    params = row_params(a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max)
+    params = kernel_params(a_zp, a_m, a_s, b_zp, b_m, b_s, out_zp, add_min, add_max)
     return PreparedConv2dAdd(conv, add_kernel, params)
 
 
