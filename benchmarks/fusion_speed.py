@@ -1,11 +1,14 @@
-"""Conv + residual add, fused vs separate, on ResNet-20's three residual-block shapes (numba backend).
+"""The engine's fusions, on and off (numba backend): conv + residual add on ResNet-20's three residual-block
+shapes, then whole forwards of a model.
 
-    python benchmarks/fusion_speed.py [--batch 400] [--rounds 5] [--repeat 5]
+    python benchmarks/fusion_speed.py [--batch 400] [--rounds 5] [--repeat 5] [--model models/resnet20_sigma0.25.int8]
 
-"separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors); "fused":
-``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache). Both are first
-checked to give the same bits. Rounds are interleaved; reported: microseconds per sample, the fastest
-call of each round, and the fastest overall.
+Blocks: "separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors);
+"fused": ``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache).
+Network: the model's forward with every fusion (conv + add, and each block's first conv writing into the
+second's padded input: ``Model._prepared_calls``) against the same model with ``fuse = False`` (what
+``INTENGINE_FUSE=0`` sets). Both sides are first checked to give the same bits. Rounds are interleaved;
+reported: microseconds per sample, the fastest call of each round: the fastest overall and the median.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" /
+                                           "resnet20_sigma0.25.int8"), help="network for the forward A/B ('' skips)")
     args = ap.parse_args(argv)
     ops = kernels.get_backend("numba")
     rng = np.random.default_rng(0)
@@ -47,6 +52,15 @@ def main(argv=None) -> int:
         runs = {"separate": lambda c=conv, a=add, x=x, r=residual, co=conv_out, ao=add_out: a(c(x, co), r, ao),
                 "fused": lambda f=fused, x=x, r=residual, co=conv_out, ao=add_out: f(x, r, co, ao)}
         cases.append((f"{size}x{size}x{channels}", runs))
+    if args.model:
+        from intengine.engine import load_model
+
+        fused, separate = load_model(args.model), load_model(args.model)
+        separate.fuse = False
+        x = rng.integers(0, 256, (args.batch,) + fused.input_shape, dtype=np.uint8)
+        assert np.array_equal(fused.forward(x), separate.forward(x)), "fused and separate forwards differ"
+        cases.append((f"{Path(args.model).name} forward",
+                      {"separate": lambda m=separate, x=x: m.forward(x), "fused": lambda m=fused, x=x: m.forward(x)}))
     times: dict = {}
     for _ in range(args.rounds):
         for label, runs in cases:
@@ -56,10 +70,12 @@ def main(argv=None) -> int:
                 times.setdefault((label, name), []).append(best / args.batch * 1e6)
     print(f"numba conv2d rung {kernels.numba_backend.op_conv2d.SELECTED}, batch {args.batch}; us/sample, "
           f"fastest per round")
-    print("| block shape | separate | fused | fused / separate |\n|---|---:|---:|---:|")
+    print("| case | separate, fastest / median | fused, fastest / median | fused / separate (fastest) |\n"
+          "|---|---:|---:|---:|")
     for label, _ in cases:
-        sep, fus = min(times[(label, "separate")]), min(times[(label, "fused")])
-        print(f"| {label} | {sep:.2f} | {fus:.2f} | {fus / sep:.2f} |")
+        sep, fus = times[(label, "separate")], times[(label, "fused")]
+        print(f"| {label} | {min(sep):.2f} / {np.median(sep):.2f} | {min(fus):.2f} / {np.median(fus):.2f} | "
+              f"{min(fus) / min(sep):.3f} |")
     return 0
 
 

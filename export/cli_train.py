@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last QAT epochs with frozen observers (None: about 1/3 of QAT)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per optimizer step")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine schedule, > 0)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="SGD weight decay on weights (not on biases or batch-norm parameters)")
+    parser.add_argument("--cutout", type=int, default=0, metavar="PIXELS",
+                        help="augmentation: one PIXELS x PIXELS square per training image set to black "
+                             "(DeVries & Taylor 2017; 0: off)")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on this many training images (a seeded random subset) for quick trials "
                              "(None: all)")
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(arch=args.arch, sigma=args.sigma, epochs=args.epochs, qat_epochs=args.qat_epochs,
                       freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                      weight_decay=args.weight_decay, cutout=args.cutout,
                       flip=(args.data != "digits"),  # digits are not mirror-symmetric
                       consistency=lbd, noise_copies=copies, consistency_eta=args.consistency_eta)
     try:
@@ -171,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
         "dataset": dataset, "train_images": int(len(x_train)), "test_images": int(len(x_test)),
         "arch": args.arch, "mode": args.mode, "epochs": args.epochs, "float_epochs": float_e,
         "qat_epochs": qat_e, "frozen_observer_epochs": frozen_e, "seed": args.seed,
-        "batch_size": args.batch_size, "lr": args.lr,
+        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "augmentation": "random crop (zero padding), " + ("horizontal flip" if cfg.flip else "no flip")
+                        + (f", cutout {args.cutout}x{args.cutout}" if args.cutout else ""),
         "init": _init_note(args.init),
         "noise": NOISE_TEXT[args.mode],
         "noise_copies": copies,
@@ -220,6 +228,10 @@ def _argv_of(args) -> list[str]:
         out += ["--batch-size", str(args.batch_size)]
     if args.lr != 0.1:
         out += ["--lr", str(args.lr)]
+    if args.weight_decay != 5e-4:
+        out += ["--weight-decay", str(args.weight_decay)]
+    if args.cutout:
+        out += ["--cutout", str(args.cutout)]
     if args.init:
         out += ["--init", args.init]
     if args.consistency is not None:

@@ -14,8 +14,8 @@ added to the [0, 1] image (no clipping), no quantization.
 Gaussian added in float and the noisy image is then quantized to the model's uint8 input grid,
 ``clip(round(255 (x + sigma z)), 0, 255)`` -- what :mod:`export.floatrs` does at certification.
 
-SGD with momentum 0.9 and Nesterov, weight decay 5e-4, cosine learning rate over all epochs (per
-step), random crop (zero padding) and horizontal flip.
+SGD with momentum 0.9 and Nesterov, weight decay 5e-4 (``weight_decay``), cosine learning rate over all
+epochs (per step), random crop (zero padding) and horizontal flip, optionally cutout (``cutout``).
 
 Consistency regularization (Jeong & Shin, NeurIPS 2020; ``consistency`` = lambda > 0): every image of
 a batch is seen under ``noise_copies`` = m independent noise draws (same crop and flip), all m*B
@@ -105,8 +105,11 @@ def clean_input(x_uint8) -> torch.Tensor:
     return (torch.as_tensor(x_uint8).to(torch.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
-    """Random crop with zero padding (H // 8 pixels) and horizontal flip, uint8 NHWC."""
+def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True, cutout: int = 0) -> np.ndarray:
+    """Random crop with zero padding (H // 8 pixels), horizontal flip and, with ``cutout`` > 0, one
+    ``cutout`` x ``cutout`` square set to 0 per image (DeVries & Taylor 2017: centre uniform over the image,
+    the square clipped at its edges), uint8 NHWC. ``cutout`` 0 draws nothing more from ``rng``, so runs
+    without it repeat the earlier recipe bit for bit."""
     n, h, w, _ = x.shape
     pad = max(1, h // 8)
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -118,6 +121,12 @@ def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.nd
     if flip:
         f = rng.random(n) < 0.5
         out[f] = out[f, :, ::-1]
+    if cutout > 0:
+        cy = rng.integers(0, h, n)
+        cx = rng.integers(0, w, n)
+        lo = cutout // 2
+        for i in range(n):
+            out[i, max(0, cy[i] - lo):cy[i] - lo + cutout, max(0, cx[i] - lo):cx[i] - lo + cutout] = 0
     return out
 
 
@@ -134,6 +143,7 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     flip: bool = True
+    cutout: int = 0                    # side of the cutout square in pixels (0: off)
     qat_lr_scale: float = 0.1          # fine-tuning without batch norm diverges at the float learning rate
     threads: int = 2
     consistency: float = 0.0           # lambda of consistency regularization (0: off)
@@ -175,6 +185,10 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
         raise ValueError("--consistency compares noisy copies of each image: it needs --noise-copies >= 2")
     if not (math.isfinite(cfg.consistency_eta) and cfg.consistency_eta >= 0):
         raise ValueError(f"--consistency-eta must be a number >= 0, got {cfg.consistency_eta}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {cfg.weight_decay}")
+    if cfg.cutout < 0:
+        raise ValueError(f"--cutout must be >= 0 pixels, got {cfg.cutout}")
     float_epochs, qat_epochs, _ = cfg.schedule()
     if cfg.mode != "float" and float_epochs == 0 and not pretrained:
         raise ValueError(
@@ -184,7 +198,7 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
 
 
 RECIPE_KEYS = ("arch", "mode", "sigma", "epochs", "seed", "batch_size", "lr", "consistency", "noise_copies",
-               "consistency_eta")   # a resumed run continues the same recipe or is refused
+               "consistency_eta", "weight_decay", "cutout")   # a resumed run continues the same recipe or is refused
 
 
 def check_resume(cfg: TrainConfig, stored: dict, path: str) -> None:
@@ -319,7 +333,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             for g in optimizer.param_groups:
                 g["lr"] = lr
             lr_first = lr if lr_first is None else lr_first
-            xb = augment(x_train[idx], rng, cfg.flip)
+            xb = augment(x_train[idx], rng, cfg.flip, cfg.cutout)
             inp = torch.cat([_batch_input(cfg, xb, None if noise is None else noise[j][idx], gen)
                              for j in range(copies)])   # (copies * B, C, H, W), copy-major
             target = torch.as_tensor(y_train[idx])

@@ -72,3 +72,50 @@ def test_progress_inside_each_epoch_and_train_subset():
     cfg = TrainConfig(arch="small", epochs=1, qat_epochs=0, batch_size=64, lr=0.05, flip=False)
     train(cfg, xs, ys, xs[:20], ys[:20], 10, log=lambda s: None, progress=lambda *a: calls.append(a))
     assert calls == [(0, 1, 3), (0, 2, 3), (0, 3, 3)]
+
+
+def test_cutout_blacks_out_one_clipped_square_per_image():
+    from export.train import augment
+
+    x = np.full((64, 32, 32, 3), 200, np.uint8)
+    plain = augment(x, np.random.default_rng(5), flip=False)
+    cut = augment(x, np.random.default_rng(5), flip=False, cutout=8)  # the same crops, then one square each
+    changed = (plain != cut).any(-1)
+    for i in range(len(x)):
+        rows, cols = np.nonzero(changed[i])
+        if len(rows) == 0:  # the square fell on the crop's own zero border
+            continue
+        # the square clipped to the image and to the crop's border: a rectangle of at most 8 x 8, all black
+        assert (cut[i][changed[i]] == 0).all()
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height <= 8 and width <= 8 and changed[i].sum() == height * width
+    assert changed.sum(axis=(1, 2)).max() == 64 and (changed.sum(axis=(1, 2)) > 0).mean() > 0.8
+    # without cutout nothing more is drawn: the generator is where the plain recipe leaves it
+    rng_plain, rng_zero = np.random.default_rng(9), np.random.default_rng(9)
+    augment(x, rng_plain)
+    augment(x, rng_zero, cutout=0)
+    assert rng_plain.integers(0, 2**62) == rng_zero.integers(0, 2**62)
+
+
+@pytest.mark.parametrize("cfg,msg", [(TrainConfig(cutout=-1), "--cutout must be"),
+                                     (TrainConfig(weight_decay=-1e-4), "--weight-decay must be"),
+                                     (TrainConfig(weight_decay=float("nan")), "--weight-decay must be")])
+def test_bad_augmentation_settings_are_refused(cfg, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_config(cfg)
+
+
+def test_cutout_and_weight_decay_are_recorded_and_bind_a_resume(tmp_path, capsys):
+    from export.card import card_text
+
+    rc, out = _train(tmp_path, "--epochs", "2", "--qat-epochs", "1", "--cutout", "4", "--weight-decay", "0.001")
+    assert rc == 0
+    prov = load_model(out).metadata
+    assert prov["weight_decay"] == 0.001 and "cutout 4x4" in prov["augmentation"]
+    assert "--cutout 4" in prov["command"] and "--weight-decay 0.001" in prov["command"]
+    assert "cutout 4x4; SGD weight decay 0.001" in card_text(out, None)
+    capsys.readouterr()
+    rc = cli_train.main(QUICK + ["--epochs", "2", "--qat-epochs", "1", "--cutout", "6", "--weight-decay", "0.001",
+                                 "--resume", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "b.int8")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another recipe" in err and "cutout 4 -> 6" in err
