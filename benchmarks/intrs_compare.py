@@ -17,7 +17,8 @@ For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (2
                 certified by :func:`export.floatrs.certify_float_quant` (float noise, int8 engine).
 
 * IntRS-quant + consistency ``intengine train --mode intrs --consistency``: the shipped models' recipe
-                (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, Jeong & Shin's lambda);
+                (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, Jeong & Shin's lambda;
+                ``--recipe-cutout`` 0; the shipped sigma 0.25 model: 100 / 10 / 3 epochs, cutout 8);
                 certified by intengine like IntRS-quant. ``--reuse-recipe DIR`` takes
                 ``DIR/resnet20_sigma{s}.int8`` when its provenance shows exactly these options.
 
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -88,7 +90,15 @@ def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
         cmd += ["--qat-epochs", str(qat_epochs), "--freeze-epochs", str(freeze_epochs)]
     if method == "intrs-consistency":
         cmd += ["--consistency"]
+        if args.recipe_cutout:
+            cmd += ["--cutout", str(args.recipe_cutout)]
     return cmd
+
+
+def _cutout_of(meta: dict) -> int:
+    """The cutout square side a model was trained with (0: none; models from before --cutout have none)."""
+    found = re.search(r"cutout (\d+)x", str(meta.get("augmentation", "")))
+    return int(found.group(1)) if found else 0
 
 
 def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str | None:
@@ -109,6 +119,8 @@ def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str
     elif meta.get("consistency_lambda", 0.0) != 0.0 or meta.get("noise_copies", 1) != 1:
         return f"{src} was trained with consistency regularization"
     diff = [k for k, v in want.items() if meta.get(k) != v]
+    if _cutout_of(meta) != (args.recipe_cutout if method == "intrs-consistency" else 0):
+        diff.append("cutout")
     if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
         diff.append("sigma")
     if Path(str(meta.get("dataset", "")).split(" from ")[-1]).name != Path(args.data).name:
@@ -364,6 +376,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe-epochs", type=int, default=30, help="IntRS-quant + consistency: all epochs")
     ap.add_argument("--recipe-qat-epochs", type=int, default=8)
     ap.add_argument("--recipe-freeze-epochs", type=int, default=3)
+    ap.add_argument("--recipe-cutout", type=int, default=0, metavar="PIXELS",
+                    help="IntRS-quant + consistency: cutout square side (the shipped sigma 0.25 model: 8)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=100, help="test images certified per (method, sigma)")

@@ -85,7 +85,8 @@ def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
     # the recipe's schedule as the shipped model was trained (sigma 0.25: 100 epochs), the plain one's defaults
     args = argparse.Namespace(epochs=20, qat_epochs=6, freeze_epochs=2, recipe_epochs=meta["epochs"],
                               recipe_qat_epochs=meta["qat_epochs"], recipe_freeze_epochs=meta["frozen_observer_epochs"],
-                              seed=0, data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
+                              recipe_cutout=mod._cutout_of(meta), seed=0,
+                              data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
     consistent = meta.get("consistency_lambda", 0.0) > 0
     plain_why = mod._reusable(args, shipped, 0.25, "intrs-quant")
     recipe_why = mod._reusable(args, shipped, 0.25, "intrs-consistency")
@@ -93,3 +94,7 @@ def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
     assert (recipe_why is None) == consistent
     longer = argparse.Namespace(**{**vars(args), "recipe_epochs": meta["epochs"] + 1})
     assert "epochs" in mod._reusable(longer, shipped, 0.25, "intrs-consistency")   # another schedule is refused
+    other_cutout = argparse.Namespace(**{**vars(args), "recipe_cutout": mod._cutout_of(meta) + 4})
+    assert "cutout" in mod._reusable(other_cutout, shipped, 0.25, "intrs-consistency")   # another augmentation too
+    assert mod._cutout_of({"augmentation": "random crop (zero padding), horizontal flip, cutout 8x8"}) == 8
+    assert mod._cutout_of({}) == 0
