@@ -6,8 +6,9 @@ shapes, then whole forwards of a model.
 Blocks: "separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors);
 "fused": ``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache).
 Network: the model's forward with its conv + add fusions (``Model._prepared_calls``) against the same
-model with ``fuse = False`` (what ``INTENGINE_FUSE=0`` sets). Both sides are first checked to give the same bits. Rounds are interleaved;
-reported: microseconds per sample, the fastest call of each round: the fastest overall and the median.
+model with ``fuse = False`` (what ``INTENGINE_FUSE=0`` sets). Both sides are first checked to give the
+same bits. Rounds are interleaved; reported: microseconds per sample, the fastest call of each round:
+the fastest overall and the median.
 """
 from __future__ import annotations
 
