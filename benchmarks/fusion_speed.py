@@ -5,10 +5,12 @@ shapes, then whole forwards of a model.
 
 Blocks: "separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors);
 "fused": ``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache).
-Network: the model's forward with its conv + add fusions (``Model._prepared_calls``) against the same
-model with ``fuse = False`` (what ``INTENGINE_FUSE=0`` sets). Both sides are first checked to give the
-same bits. Rounds are interleaved; reported: microseconds per sample, the fastest call of each round:
-the fastest overall and the median.
+Network: the model's forward with ``fuse = "add"`` (conv + add only) and ``"all"`` (also each residual
+block's first conv writing into the second's padded input: ``Model._prepared_calls``), each against the
+same model with ``fuse = "none"`` (``INTENGINE_FUSE=none``). Both sides are first checked to give the same
+bits. Rounds are interleaved; reported: microseconds per sample, the fastest call of each round: the
+fastest overall and the median, and the median of the per-round ratios (the machine's drift cancels in a
+round).
 """
 from __future__ import annotations
 
@@ -55,12 +57,16 @@ def main(argv=None) -> int:
     if args.model:
         from intengine.engine import load_model
 
-        fused, separate = load_model(args.model), load_model(args.model)
-        separate.fuse = False
-        x = rng.integers(0, 256, (args.batch,) + fused.input_shape, dtype=np.uint8)
-        assert np.array_equal(fused.forward(x), separate.forward(x)), "fused and separate forwards differ"
-        cases.append((f"{Path(args.model).name} forward",
-                      {"separate": lambda m=separate, x=x: m.forward(x), "fused": lambda m=fused, x=x: m.forward(x)}))
+        x = rng.integers(0, 256, (args.batch,) + load_model(args.model).input_shape, dtype=np.uint8)
+        want = None
+        for level in ("add", "all"):  # each against fuse = "none" (what INTENGINE_FUSE=none sets)
+            fused, separate = load_model(args.model), load_model(args.model)
+            fused.fuse, separate.fuse = level, "none"
+            want = separate.forward(x).copy() if want is None else want
+            assert np.array_equal(fused.forward(x), want), f"fuse={level} and separate forwards differ"
+            cases.append((f"{Path(args.model).name} forward, fuse={level}",
+                          {"separate": lambda m=separate, x=x: m.forward(x),
+                           "fused": lambda m=fused, x=x: m.forward(x)}))
     times: dict = {}
     for _ in range(args.rounds):
         for label, runs in cases:
@@ -70,12 +76,12 @@ def main(argv=None) -> int:
                 times.setdefault((label, name), []).append(best / args.batch * 1e6)
     print(f"numba conv2d rung {kernels.numba_backend.op_conv2d.SELECTED}, batch {args.batch}; us/sample, "
           f"fastest per round")
-    print("| case | separate, fastest / median | fused, fastest / median | fused / separate (fastest) |\n"
-          "|---|---:|---:|---:|")
+    print("| case | separate, fastest / median | fused, fastest / median | fused / separate: fastest, median "
+          "per-round ratio |\n|---|---:|---:|---:|")
     for label, _ in cases:
-        sep, fus = times[(label, "separate")], times[(label, "fused")]
-        print(f"| {label} | {min(sep):.2f} / {np.median(sep):.2f} | {min(fus):.2f} / {np.median(fus):.2f} | "
-              f"{min(fus) / min(sep):.3f} |")
+        sep, fus = np.array(times[(label, "separate")]), np.array(times[(label, "fused")])
+        print(f"| {label} | {sep.min():.2f} / {np.median(sep):.2f} | {fus.min():.2f} / {np.median(fus):.2f} | "
+              f"{fus.min() / sep.min():.3f}, {np.median(fus / sep):.3f} |")
     return 0
 
 

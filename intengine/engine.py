@@ -24,6 +24,8 @@ class _Call(NamedTuple):
     run: object = None
     residual: str | None = None  # conv+add: the add's other input
     add_name: str | None = None  # conv+add: the add computed with the conv
+    padded_in: bool = False      # the input arrives zero-point-padded, written by its producer (run_padded)
+    pad_out: tuple | None = None  # (padding, zero point) of the only reader's padded input, written in place
 
 
 class Model:
@@ -47,8 +49,10 @@ class Model:
         self._plan = [self._prepare(n) for n in self.nodes]
         self._arena = threading.local()  # per-thread activation buffers, see _buffer
         self._prepared: dict[str, list] = {}  # backend name -> per-node prepared calls, see _prepared_calls
-        # INTENGINE_FUSE=0: every node on its own (no conv + add fusion), for A/B timing
-        self.fuse = os.environ.get("INTENGINE_FUSE", "1").strip() != "0"
+        # which fusions _prepared_calls makes: "all" (default), "add" (conv + add only), "none" (every node on
+        # its own); INTENGINE_FUSE=all|add|none (0 = none), for A/B timing
+        self.fuse = {"0": "none", "none": "none", "add": "add"}.get(os.environ.get("INTENGINE_FUSE", "").strip(),
+                                                                    "all")
 
     def _prepare(self, node):
         a, t = node["attrs"], {k: np.ascontiguousarray(self.tensors[v]) for k, v in node["tensors"].items()}
@@ -78,8 +82,11 @@ class Model:
         the model was validated at load, so the per-call checks and lookups of the op would only repeat
         themselves (about 1.1 ms per ResNet-20 forward). A conv is fused with its add where the add is its
         only reader and the add's other input is computed before the conv (every residual block here):
-        each conv output row is added while in cache. Same kernels, same bits. ``self.fuse`` False
-        (``INTENGINE_FUSE=0``) keeps every node separate."""
+        each conv output row is added while in cache. A conv whose only reader is a padded conv that can
+        read a padded input in place (``reads_padded_input``) writes its output inside that conv's
+        zero-point border (``write_padded``; ``pad_out``), and the reader skips its padding copy
+        (``run_padded``; ``padded_in``): the first conv of every residual block here. Same kernels, same
+        bits. ``self.fuse``: ``"all"``, ``"add"`` (no padded handoff) or ``"none"`` (every node separate)."""
         calls = self._prepared.get(backend)
         if calls is not None:
             return calls
@@ -89,7 +96,7 @@ class Model:
             for k in inputs:
                 readers.setdefault(k, []).append(i)
         produced_at = {name: i for i, (_, name, _, _) in enumerate(self._plan)}
-        prepare_add = getattr(ops.conv2d, "prepare_add", None) if self.fuse else None
+        prepare_add = getattr(ops.conv2d, "prepare_add", None) if self.fuse != "none" else None
         for i, (op, name, inputs, args) in enumerate(self._plan):
             if calls[i] is not None:
                 continue
@@ -112,6 +119,17 @@ class Model:
                         calls[i], calls[j] = _Call("conv+add", run, residual, add_name), _Call("done")
                         continue
             calls[i] = _Call("run", prepare(*args, input_shape=input_shape))
+        for i, (op, name, _, _) in enumerate(self._plan):
+            after = readers.get(name, [])
+            if self.fuse != "all" or op != "conv2d" or name == self.output or len(after) != 1 or calls[i] is None:
+                continue
+            j = after[0]
+            reader_op, _, reader_inputs, reader_args = self._plan[j]
+            if (reader_op == "conv2d" and calls[j] is not None and calls[i].kind == "run"
+                    and hasattr(calls[i].run, "write_padded") and getattr(calls[j].run, "reads_padded_input", False)):
+                # conv2d args: (weight, bias, input_zero_point, ..., padding at 7, ...)
+                calls[i] = calls[i]._replace(pad_out=(reader_args[7], reader_args[2]))
+                calls[j] = calls[j]._replace(padded_in=True)
         self._prepared[backend] = calls
         return calls
 
@@ -133,6 +151,20 @@ class Model:
         buf = bufs.get(name)
         if buf is None or buf.shape[0] < batch:
             buf = bufs[name] = np.empty((batch,) + self.activation_shapes[name], dtype=np.uint8)
+        return buf[:batch]
+
+    def _padded_buffer(self, name: str, batch: int, padding: int, zero_point: int) -> np.ndarray:
+        """Node ``name``'s output buffer inside a border of ``padding`` pixels holding ``zero_point``: its only
+        reader's padded input. The border is filled once, when the buffer is made; the producer writes
+        only the interior (``write_padded``), so the border stays as filled while the buffer is reused."""
+        bufs = getattr(self._arena, "bufs", None)
+        if bufs is None:
+            bufs = self._arena.bufs = {}
+        h, w, c = self.activation_shapes[name]
+        key = (name, "padded")
+        buf = bufs.get(key)
+        if buf is None or buf.shape[0] < batch:
+            buf = bufs[key] = np.full((batch, h + 2 * padding, w + 2 * padding, c), zero_point, dtype=np.uint8)
         return buf[:batch]
 
     def release_buffers(self) -> None:
@@ -172,10 +204,20 @@ class Model:
                     out = values[name]
                 elif call is not None and call.kind == "conv+add":
                     out = self._buffer(name, x.shape[0])
-                    values[call.add_name] = call.run(ins[0], values[call.residual], out,
-                                                     self._output(call.add_name, x))
+                    run = call.run.run_padded if call.padded_in else call.run
+                    values[call.add_name] = run(ins[0], values[call.residual], out, self._output(call.add_name, x))
                 elif call is not None:  # inputs: this model's own activations, C-contiguous uint8
-                    out = call.run(*ins, self._output(name, x))
+                    if call.pad_out is not None:  # values[name] becomes the reader's padded input
+                        pad = call.pad_out[0]
+                        dest = self._padded_buffer(name, x.shape[0], *call.pad_out)
+                    else:
+                        pad, dest = 0, self._output(name, x)
+                    if call.padded_in:
+                        out = call.run.run_padded(ins[0], dest, pad)
+                    elif pad:
+                        out = call.run.write_padded(ins[0], dest, pad)
+                    else:
+                        out = call.run(*ins, dest)
                 elif op == "conv2d":
                     dest = self._buffer(name, x.shape[0]) if keep else None
                     out = ops.conv2d(ins[0], *args, out=dest)

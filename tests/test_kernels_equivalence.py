@@ -611,16 +611,117 @@ def test_conv2d_fused_with_residual_add(seed, n, h, c, o, k, stride, padding, a_
         np.testing.assert_array_equal(add_out, want)
 
 
-def test_engine_fuse_switch(monkeypatch):
-    # INTENGINE_FUSE=0 (benchmarks' A/B) runs every node on its own: no conv + add
+def _padded_chain(fast, args_a, args_b):
+    """Prepared conv A writing inside conv B's zero-point border, then B reading it in place (where B can):
+    (A's padded buffer after the write, B's output or None)."""
+    x = args_a[0]
+    conv_a = fast.conv2d.prepare(*args_a[1:], input_shape=x.shape[1:])
+    a_shape = REF.conv2d(*args_a).shape
+    conv_b = fast.conv2d.prepare(*args_b[1:], input_shape=a_shape[1:])
+    pad, zp = args_b[8], args_b[3]
+    padded = np.full((a_shape[0], a_shape[1] + 2 * pad, a_shape[2] + 2 * pad, a_shape[3]), zp, np.uint8)
+    assert conv_a.write_padded(x, padded, pad) is padded
+    if not conv_b.reads_padded_input:
+        with pytest.raises(ValueError, match="padded input"):
+            conv_b.run_padded(padded, np.empty(REF.conv2d(REF.conv2d(*args_a), *args_b[1:]).shape, np.uint8))
+        return padded, None
+    out = np.full(REF.conv2d(REF.conv2d(*args_a), *args_b[1:]).shape, 77, np.uint8)
+    assert conv_b.run_padded(padded, out) is out
+    return padded, out
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 10),
+    w=st.sampled_from([1, 3, 7, 8, 14, 16, 17, 32]),  # mostly widths the tiles divide: B reads in place
+    c=CHANNELS,
+    o=st.sampled_from([4, 8, 12, 16, 17, 32, 64]),
+    o_b=st.sampled_from([4, 16, 32, 33]),
+    k_a=st.sampled_from([1, 3]),
+    stride_b=st.sampled_from([1, 1, 2]),
+    padding_b=st.sampled_from([1, 1, 2]),
+    act_kind=ACT_KIND,
+)
+def test_conv2d_writes_the_next_convs_padded_input(seed, n, h, w, c, o, o_b, k_a, stride_b, padding_b, act_kind):
+    # A conv writes its output inside the next conv's zero-point border (write_padded: the engine's
+    # handoff between the two convs of a residual block) and the next conv reads that buffer in place
+    # (run_padded) where its tiles allow; the border is never written, the interior is A's output and B
+    # gives the reference's bits; where B needs its own copy, run_padded refuses.
+    rng = np.random.default_rng(seed)
+    args_a, _, _ = random_conv_case(rng, n, h, w, c, o, k_a, 1, (k_a - 1) // 2, int(rng.integers(0, 256)),
+                                    int(rng.integers(0, 256)), act_kind)
+    assume(h + 2 * padding_b >= 3 and w + 2 * padding_b >= 3)
+    args_b, _, _ = random_conv_case(rng, n, h, w, o, o_b, 3, stride_b, padding_b, args_a[6],
+                                    int(rng.integers(0, 256)), act_kind)
+    want_a = REF.conv2d(*args_a)
+    want_b = REF.conv2d(want_a, *args_b[1:])
+    for fast in FAST_BACKENDS:
+        prepared = fast.conv2d.prepare(*args_a[1:], input_shape=args_a[0].shape[1:])
+        if not hasattr(prepared, "write_padded"):  # the portable rung: plain calls only
+            continue
+        padded, out = _padded_chain(fast, args_a, args_b)
+        p = padding_b
+        np.testing.assert_array_equal(padded[:, p:p + h, p:p + w], want_a)
+        border = padded.copy()
+        border[:, p:p + h, p:p + w] = args_b[3]
+        assert (border == args_b[3]).all(), "write_padded wrote into the border"
+        if out is not None:
+            np.testing.assert_array_equal(out, want_b)
+
+
+def test_conv2d_padded_handoff_on_resnet20_shapes():
+    # the three residual-block shapes read their padded input in place on the vnni512 rung (uint8 input,
+    # every tile full); the AVX2 rung (int16 input) always copies
+    rng = np.random.default_rng(5)
+    for size, channels in ((32, 16), (16, 32), (8, 64)):
+        args_a, _, _ = random_conv_case(rng, 2, size, size, channels, channels, 3, 1, 1, 100, 120, "relu")
+        args_b, _, _ = random_conv_case(rng, 2, size, size, channels, channels, 3, 1, 1, 120, 90, "full")
+        want = REF.conv2d(REF.conv2d(*args_a), *args_b[1:])
+        for name in BACKEND_NAMES:
+            if name in ("numba-vnni512", "numba-avx2"):
+                fast = kernels.get_backend(name)
+                _, out = _padded_chain(fast, args_a, args_b)
+                assert (out is not None) == (name == "numba-vnni512"), name
+                if out is not None:
+                    np.testing.assert_array_equal(out, want)
+
+
+def test_engine_hands_padded_buffers_between_convs():
+    # the engine's conv -> conv handoff (write_padded / run_padded) on every numba rung: the reference's
+    # bits at growing and shrinking batches (a reused buffer keeps its border), and on vnni512 all nine
+    # residual blocks' first convs write into the second's padded input
     from intengine.engine import load_model
 
-    monkeypatch.setenv("INTENGINE_FUSE", "0")
+    model = load_model(Path(__file__).resolve().parents[1] / "models" / "resnet20_sigma0.25.int8")
+    x = np.random.default_rng(4).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    want = model.forward(x, "reference")
+    for name in BACKEND_NAMES:
+        if not name.startswith("numba"):
+            continue
+        for batch in (3, 1, 7, 2):
+            np.testing.assert_array_equal(model.forward(x[:batch], name), want[:batch], err_msg=f"{name} {batch}")
+        calls = [c for c in model._prepared[name] if c is not None]
+        handoffs = sum(c.pad_out is not None for c in calls), sum(c.padded_in for c in calls)
+        rung = kernels.numba_backend.op_conv2d.SELECTED if name == "numba" else name[len("numba-"):]
+        assert handoffs == ((9, 9) if rung == "vnni512" else (0, 0)), (name, handoffs)
+
+
+@pytest.mark.parametrize("setting,fused_adds,handoffs", [("0", 0, 0), ("none", 0, 0), ("add", 9, 0), ("all", 9, 9)])
+def test_engine_fuse_switch(monkeypatch, setting, fused_adds, handoffs):
+    # INTENGINE_FUSE (benchmarks' A/B): none runs every node on its own, add only fuses conv + add, all
+    # (the default) also hands padded buffers from conv to conv; the bits never change
+    from intengine.engine import load_model
+
+    monkeypatch.setenv("INTENGINE_FUSE", setting)
     model = load_model(Path(__file__).resolve().parents[1] / "models" / "resnet20_sigma0.25.int8")
     x = np.random.default_rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(model.forward(x, "numba"), model.forward(x, "reference"))
-    calls = [c for c in model._prepared["numba"] if c is not None]
-    assert calls and all(c.kind == "run" for c in calls)
+    backend = "numba-vnni512" if "numba-vnni512" in BACKEND_NAMES else "numba"
+    np.testing.assert_array_equal(model.forward(x, backend), model.forward(x, "reference"))
+    calls = [c for c in model._prepared[backend] if c is not None]
+    assert sum(c.kind == "conv+add" for c in calls) == fused_adds
+    if "numba-vnni512" in BACKEND_NAMES:  # the handoff needs the vnni512 rung's uint8 input
+        assert sum(c.pad_out is not None for c in calls) == sum(c.padded_in for c in calls) == handoffs
 
 
 def test_engine_fuses_every_resnet20_residual_add():

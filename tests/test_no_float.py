@@ -226,7 +226,7 @@ def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
         i64 = types.int64
         sig = (arr(types.uint8), i64, i64, arr(types.int8), i64, i64, i64, i64, i64, i64, i64,
                arr(types.int64), arr(types.int64), arr(types.int32), arr(types.int32), arr(types.int64),
-               i64, i64, i64, i64, arr(types.uint8, 4), arr(types.uint8), i64, i64)
+               i64, i64, i64, i64, arr(types.uint8, 4), arr(types.uint8), i64, i64, i64)
         kernel = vnni._conv2d_vnni_kernel
         kernel.compile(sig)
         llvm_ir, asm = kernel.inspect_llvm(sig), kernel.inspect_asm(sig)
@@ -235,7 +235,7 @@ def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
         assert not hits, hits[:5]
         # the conv fused with its residual add: the same driver plus add_row's arguments
         add_args = types.Tuple((arr(types.uint8), arr(types.uint8)) + (i64,) * 14)
-        fused_sig = sig[:-2] + (add_args,) + sig[-2:]
+        fused_sig = sig[:-2] + (add_args,) + sig[-2:]  # after out_pad, before n_workers, grain
         fused = vnni._conv2d_add_vnni_kernel
         fused.compile(fused_sig)
         fused_ir = fused.inspect_llvm(fused_sig)

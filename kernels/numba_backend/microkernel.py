@@ -297,17 +297,19 @@ def make_microkernels(isa: Isa, P: int, J: int):
 @njit(cache=True, inline="always")
 def conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h, k_steps,
                n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of,
-               tile_o, n_blocks, b_row_stride, n_tiles, n, oh, scratch):
+               out_pad, tile_o, n_blocks, b_row_stride, n_tiles, n, oh, scratch):
     """Output row ``(n, oh)``: every tile of ``tile_p`` pixels x ``tile_o`` channels through ``tile``; tail
-    tiles (partial in pixels or channels) get the scalar epilogue from the int32 sums in ``scratch``."""
-    _, out_h, out_w, _ = out.shape
+    tiles (partial in pixels or channels) get the scalar epilogue from the int32 sums in ``scratch``.
+    ``out`` holds the output inside a border of ``out_pad`` pixels (see :func:`conv2d_tiles`)."""
+    _, buf_h, buf_w, _ = out.shape
+    out_w = buf_w - 2 * out_pad
     for t in range(n_tiles):
         ow0 = t * tile_p
         for ob in range(n_blocks):
             ch0 = ob * tile_o
             full = ow0 + tile_p <= out_w and ch0 + tile_o <= n_out
             a_off = ((n * padded_h + oh * stride) * padded_w + ow0 * stride) * padded_c
-            o_off = ((n * out_h + oh) * out_w + ow0) * n_out + ch0
+            o_off = ((n * buf_h + oh + out_pad) * buf_w + ow0 + out_pad) * n_out + ch0
             tile(variant, full, xf, a_off, stride * padded_c, padded_w * padded_c, wp,
                  ob * kernel_h * b_row_stride, b_row_stride, k_steps, kernel_h, scratch, tile_o, of, o_off, n_out,
                  bias_term, mult, tshift, ch0, output_zero_point, act_min, act_max)
@@ -321,7 +323,7 @@ def conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kern
                             v = act_min
                         elif v > act_max:
                             v = act_max
-                        out[n, oh, ow0 + p, o] = np.uint8(v)
+                        out[n, oh + out_pad, ow0 + p + out_pad, o] = np.uint8(v)
 
 
 @njit(cache=True, inline="always")
@@ -333,7 +335,7 @@ def no_row_op(of, start, stop, row_args):
 @njit(cache=True, inline="always")
 def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of, row_op, row_args, n_workers, grain):
+                 act_min, act_max, out, of, out_pad, row_op, row_args, split):
     """The driver loop every SIMD rung shares: output rows ``(n, oh)`` shared among the threads
     (:mod:`kernels.numba_backend.worksharing`: own share first, then the others' unclaimed chunks), each
     row through :func:`conv2d_row`.
@@ -341,12 +343,17 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
     Inlined into each rung's cached kernel (``avx2._conv2d_avx2_kernel``, ...), so no cached
     signature holds a dispatcher type (Numba cannot cache those). ``tile``: the rung's dispatcher over
     its register blocks; ``xf``: the (N, Hp, Wp, Cp) padded input, flat; ``wp``: packed weights;
-    ``out`` (N, OH, OW, O) uint8 and ``of``, the same memory flat (flat views come from the caller:
-    Numba's reshape(-1) infers the size with float math); ``row_op(of, start, stop, row_args)`` runs on
-    each output row's flat range right after the row is written (:func:`no_row_op`, or the residual add
-    of a fused conv + add: ``op_add_round_half_up.add_row``); ``n_workers, grain``:
-    :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows."""
-    n_batch, out_h, out_w, _ = out.shape
+    ``out`` (N, OH + 2 out_pad, OW + 2 out_pad, O) uint8 and ``of``, the same memory flat (flat views come
+    from the caller: Numba's reshape(-1) infers the size with float math): the output goes inside a
+    border of ``out_pad`` pixels, which is never written (0: ``out`` is the output; > 0: ``out`` is the
+    next conv's zero-point-padded input, its border filled by the caller); ``row_op(of, start, stop,
+    row_args)`` runs on each output row's flat range right after the row is written (:func:`no_row_op`,
+    or the residual add of a fused conv + add: ``op_add_round_half_up.add_row``); ``split``: ``(n_workers,
+    grain)``, :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows (one argument:
+    CPython passes a call of more than 30 arguments as ``*args``, which Numba cannot inline)."""
+    n_workers, grain = split
+    n_batch, buf_h, buf_w, _ = out.shape
+    out_h, out_w = buf_h - 2 * out_pad, buf_w - 2 * out_pad
     tile_o = lanes * tile_j
     n_blocks = (n_out + tile_o - 1) // tile_o
     b_row_stride = k_steps * tile_o * group  # packed weight elements per kernel row of one channel block
@@ -367,9 +374,10 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
                     n = task // out_h
                     conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kernel_h,
                                k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                               act_min, act_max, out, of, tile_o, n_blocks, b_row_stride, n_tiles, n,
+                               act_min, act_max, out, of, out_pad, tile_o, n_blocks, b_row_stride, n_tiles, n,
                                task - n * out_h, scratch)
-                    row = task * out_w * n_out  # the row just written, still in this core's cache
+                    # the row just written, still in this core's cache
+                    row = ((n * buf_h + task - n * out_h + out_pad) * buf_w + out_pad) * n_out
                     row_op(of, row, row + out_w * n_out, row_args)
 
 
@@ -392,6 +400,10 @@ class PreparedConv2d:
         # otherwise a 1x1 unpadded conv with stride s reads every s-th pixel: copy only those, run stride 1
         self.subsample = stride if not self.direct and pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
         self.stride = stride // self.subsample
+        # The same conditions with padding: the kernel can read a zero-point-padded input another conv wrote
+        # (write_padded) with no copy of its own: every tile full, so no tile reads past a padded row.
+        self.reads_padded_input = (padding > 0 and isa.input_dtype == np.uint8 and in_channels == pk.padded_c
+                                   and out_width % pk.tile_p == 0)
         self.isa, self.kernel, self.packed = isa, kernel, pk
         self.input_zero_point, self.padding = input_zero_point, padding
         self.args = (pk.packed, np.int64(pk.variant), np.int64(pk.tile_p), np.int64(pk.tile_j),
@@ -406,9 +418,25 @@ class PreparedConv2d:
 
     def __call__(self, x, out):
         """conv2d of ``x`` (N, H, W, C) uint8, C-contiguous, into ``out`` (N, OH, OW, O) (not overlapping x)."""
-        xp = self._input(x)
+        return self._run(self._input(x), out, 0)
+
+    def write_padded(self, x, padded_out, out_pad):
+        """conv2d of ``x`` into the interior of ``padded_out`` (N, OH + 2 out_pad, OW + 2 out_pad, O), uint8,
+        C-contiguous: its border is not written, so a buffer whose border holds the next conv's input zero
+        point is that conv's padded input (:meth:`run_padded`), with no padding copy in between."""
+        return self._run(self._input(x), padded_out, out_pad)
+
+    def run_padded(self, padded_x, out, out_pad=0):
+        """conv2d of the input whose zero-point-padded form is ``padded_x`` (N, H + 2p, W + 2p, C) uint8,
+        C-contiguous, border = ``input_zero_point`` (as :meth:`write_padded` leaves it), into ``out`` (inside
+        a border of ``out_pad``, as :meth:`write_padded`); only where :attr:`reads_padded_input`."""
+        if not self.reads_padded_input:
+            raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
+        return self._run(padded_x, out, out_pad)
+
+    def _run(self, xp, out, out_pad):
         self.kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, out,
-                    out.reshape(-1), *work_split(out.shape[0] * out.shape[1]))
+                    out.reshape(-1), np.int64(out_pad), *work_split(out.shape[0] * (out.shape[1] - 2 * out_pad)))
         return out
 
 
@@ -421,13 +449,23 @@ class PreparedConv2dAdd:
 
     def __init__(self, conv: PreparedConv2d, add_kernel, add_params):
         self.conv, self.add_kernel, self.add_params = conv, add_kernel, add_params
+        self.reads_padded_input = conv.reads_padded_input
 
     def __call__(self, x, residual, conv_out, add_out):
         """``add_out = add(conv2d(x), residual)``, the conv's own output in ``conv_out`` (all C-contiguous
         uint8, ``residual`` and both outputs (N, OH, OW, O), none overlapping another)."""
-        xp = self.conv._input(x)
+        return self._run(self.conv._input(x), residual, conv_out, add_out)
+
+    def run_padded(self, padded_x, residual, conv_out, add_out):
+        """As a call, on the conv's zero-point-padded input (:meth:`PreparedConv2d.run_padded`)."""
+        if not self.reads_padded_input:
+            raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
+        return self._run(padded_x, residual, conv_out, add_out)
+
+    def _run(self, xp, residual, conv_out, add_out):
         self.add_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.conv.args, conv_out,
-                        conv_out.reshape(-1), (residual.reshape(-1), add_out.reshape(-1)) + self.add_params,
+                        conv_out.reshape(-1), np.int64(0),  # out_pad 0: the add reads conv_out's rows flat
+                        (residual.reshape(-1), add_out.reshape(-1)) + self.add_params,
                         *work_split(conv_out.shape[0] * conv_out.shape[1]))
         return add_out
 

@@ -82,20 +82,20 @@ def _tile(variant, full, xf, a_off, a_stride, a_row_stride, wp, b_off, b_row_str
 @njit(cache=True, parallel=True)
 def _conv2d_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, k_steps, n_out,
                         bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max, out, of,
-                        n_workers, grain):
+                        out_pad, n_workers, grain):
     conv2d_tiles(_tile, _LANES, _GROUP, _MAX_TILE, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of, no_row_op, (0,), n_workers, grain)
+                 act_min, act_max, out, of, out_pad, no_row_op, (0,), (n_workers, grain))
 
 
 @njit(cache=True, parallel=True)
 def _conv2d_add_vnni_kernel(xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c, kernel_h, k_steps,
                             n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride, act_min, act_max,
-                            out, of, add_args, n_workers, grain):
+                            out, of, out_pad, add_args, n_workers, grain):
     # the conv, then the residual add of each output row while the row is in cache (add_row, add_args)
     conv2d_tiles(_tile, _LANES, _GROUP, _MAX_TILE, xf, padded_h, padded_w, wp, variant, tile_p, tile_j, padded_c,
                  kernel_h, k_steps, n_out, bias_eff, bias_term, mult, shift, tshift, output_zero_point, stride,
-                 act_min, act_max, out, of, add_row, add_args, n_workers, grain)
+                 act_min, act_max, out, of, out_pad, add_row, add_args, (n_workers, grain))
 
 
 def conv2d_vnni(x, weight, bias, input_zero_point, output_multiplier, output_shift,
