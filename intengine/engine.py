@@ -119,9 +119,9 @@ class Model:
                         calls[i], calls[j] = _Call("conv+add", run, residual, add_name), _Call("done")
                         continue
             calls[i] = _Call("run", prepare(*args, input_shape=input_shape))
-        for i, (op, name, _, _) in enumerate(self._plan):
+        for i, (op, name, _, _) in enumerate(self._plan if self.fuse == "all" else ()):
             after = readers.get(name, [])
-            if self.fuse != "all" or op != "conv2d" or name == self.output or len(after) != 1 or calls[i] is None:
+            if op != "conv2d" or name == self.output or len(after) != 1 or calls[i] is None:
                 continue
             j = after[0]
             reader_op, _, reader_inputs, reader_args = self._plan[j]
@@ -145,9 +145,7 @@ class Model:
         Every conv/add node writes into its own buffer (sized for the largest batch seen), so no
         live activation is overwritten within a call; reusing them across calls saves the page
         faults of fresh multi-megabyte arrays, a fifth of a ResNet-20 forward at batch 400."""
-        bufs = getattr(self._arena, "bufs", None)
-        if bufs is None:
-            bufs = self._arena.bufs = {}
+        bufs = self._bufs()
         buf = bufs.get(name)
         if buf is None or buf.shape[0] < batch:
             buf = bufs[name] = np.empty((batch,) + self.activation_shapes[name], dtype=np.uint8)
@@ -157,15 +155,20 @@ class Model:
         """Node ``name``'s output buffer inside a border of ``padding`` pixels holding ``zero_point``: its only
         reader's padded input. The border is filled once, when the buffer is made; the producer writes
         only the interior (``write_padded``), so the border stays as filled while the buffer is reused."""
-        bufs = getattr(self._arena, "bufs", None)
-        if bufs is None:
-            bufs = self._arena.bufs = {}
+        bufs = self._bufs()
         h, w, c = self.activation_shapes[name]
         key = (name, "padded")
         buf = bufs.get(key)
         if buf is None or buf.shape[0] < batch:
             buf = bufs[key] = np.full((batch, h + 2 * padding, w + 2 * padding, c), zero_point, dtype=np.uint8)
         return buf[:batch]
+
+    def _bufs(self) -> dict:
+        """This thread's reused buffers (see :meth:`_buffer`)."""
+        bufs = getattr(self._arena, "bufs", None)
+        if bufs is None:
+            bufs = self._arena.bufs = {}
+        return bufs
 
     def release_buffers(self) -> None:
         """Free this thread's reused activation buffers (they are rebuilt on the next forward)."""
