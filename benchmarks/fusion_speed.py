@@ -5,8 +5,8 @@ shapes, then whole forwards of a model.
 
 Blocks: "separate": the engine's prepared conv2d, then its prepared add (two passes over the tensors);
 "fused": ``conv2d.prepare_add`` (each conv output row added to the residual while it is in cache).
-Network: the model's forward with ``fuse = "add"`` (conv + add only) and ``"all"`` (also each residual
-block's first conv writing into the second's padded input: ``Model._prepared_calls``), each against the
+Network: the model's forward with ``fuse = "add"`` (conv + add only) and ``"all"`` (also activations stored
+inside their readers' zero-point border, no padding copies: ``Model._prepared_calls``), each against the
 same model with ``fuse = "none"`` (``INTENGINE_FUSE=none``). Both sides are first checked to give the same
 bits. Rounds are interleaved; reported: microseconds per sample, the fastest call of each round: the
 fastest overall and the median, and the median of the per-round ratios (the machine's drift cancels in a

@@ -24,8 +24,10 @@ class _Call(NamedTuple):
     run: object = None
     residual: str | None = None  # conv+add: the add's other input
     add_name: str | None = None  # conv+add: the add computed with the conv
-    padded_in: bool = False      # the input arrives zero-point-padded, written by its producer (run_padded)
-    pad_out: tuple | None = None  # (padding, zero point) of the only reader's padded input, written in place
+    in_pad: int = 0              # conv: its input is stored inside a border of this many pixels (run_bordered)
+    residual_pad: int = 0        # conv+add: the residual's border
+    out_border: tuple | None = None  # (pixels, zero point): the output (conv+add: the add's) is written inside
+    #                                  a border holding its padded readers' input zero point
 
 
 class Model:
@@ -82,11 +84,12 @@ class Model:
         the model was validated at load, so the per-call checks and lookups of the op would only repeat
         themselves (about 1.1 ms per ResNet-20 forward). A conv is fused with its add where the add is its
         only reader and the add's other input is computed before the conv (every residual block here):
-        each conv output row is added while in cache. A conv whose only reader is a padded conv that can
-        read a padded input in place (``reads_padded_input``) writes its output inside that conv's
-        zero-point border (``write_padded``; ``pad_out``), and the reader skips its padding copy
-        (``run_padded``; ``padded_in``): the first conv of every residual block here. Same kernels, same
-        bits. ``self.fuse``: ``"all"``, ``"add"`` (no padded handoff) or ``"none"`` (every node separate)."""
+        each conv output row is added while in cache. A conv's (or a conv + add's) output whose readers can
+        all read it inside a zero-point border (:meth:`_border`) is stored that way (``out_border``): its
+        padded conv readers skip their padding copy (``in_pad``), an unpadded 1x1 reader starts one border
+        in, a fused add reads its residual through the border (``residual_pad``). In ResNet-20 on the
+        vnni512 rung every tensor a padded conv reads except the network input. Same kernels, same bits.
+        ``self.fuse``: ``"all"``, ``"add"`` (no borders) or ``"none"`` (every node separate)."""
         calls = self._prepared.get(backend)
         if calls is not None:
             return calls
@@ -119,19 +122,53 @@ class Model:
                         calls[i], calls[j] = _Call("conv+add", run, residual, add_name), _Call("done")
                         continue
             calls[i] = _Call("run", prepare(*args, input_shape=input_shape))
-        for i, (op, name, _, _) in enumerate(self._plan if self.fuse == "all" else ()):
-            after = readers.get(name, [])
-            if op != "conv2d" or name == self.output or len(after) != 1 or calls[i] is None:
-                continue
-            j = after[0]
-            reader_op, _, reader_inputs, reader_args = self._plan[j]
-            if (reader_op == "conv2d" and calls[j] is not None and calls[i].kind == "run"
-                    and hasattr(calls[i].run, "write_padded") and getattr(calls[j].run, "reads_padded_input", False)):
-                # conv2d args: (weight, bias, input_zero_point, ..., padding at 7, ...)
-                calls[i] = calls[i]._replace(pad_out=(reader_args[7], reader_args[2]))
-                calls[j] = calls[j]._replace(padded_in=True)
+        if self.fuse == "all":
+            fused_at = {c.add_name: i for i, c in enumerate(calls) if c is not None and c.kind == "conv+add"}
+            for i, call in enumerate(calls):
+                if call is None or not hasattr(call.run, "run_bordered") or self._plan[i][0] != "conv2d":
+                    continue
+                name = call.add_name if call.kind == "conv+add" else self._plan[i][1]
+                border = self._border(name, readers.get(name, []), calls, fused_at)
+                if border is None:
+                    continue
+                calls[i] = calls[i]._replace(out_border=border)
+                for j in readers[name]:
+                    if calls[j].kind == "done":  # the residual of a fused conv + add
+                        k = fused_at[self._plan[j][1]]
+                        calls[k] = calls[k]._replace(residual_pad=border[0])
+                    else:
+                        calls[j] = calls[j]._replace(in_pad=border[0])
         self._prepared[backend] = calls
         return calls
+
+    def _border(self, name: str, after: list[int], calls: list, fused_at: dict) -> tuple | None:
+        """(pixels, zero point) of the border tensor ``name`` can be stored in, or None: every reader is a conv
+        that reads it as its input and can read it in place inside that border (``reads_bordered``) or a fused
+        conv + add that takes it as its residual; the padded convs among them share one padding and one
+        input zero point (the border's value), and there is at least one (else a border saves nothing)."""
+        if name == self.output or not after:
+            return None
+        padded = set()
+        for j in after:
+            op, reader, inputs, args = self._plan[j]
+            call = calls[j]
+            if call is None:
+                return None
+            if call.kind == "done":
+                if calls[fused_at[reader]].residual != name or not hasattr(calls[fused_at[reader]].run,
+                                                                           "run_bordered"):
+                    return None
+                continue
+            if op != "conv2d" or inputs[0] != name or not hasattr(call.run, "reads_bordered"):
+                return None
+            if args[7] > 0:  # conv2d args: (weight, bias, input_zero_point, ..., padding at 7, ...)
+                padded.add((int(args[7]), int(args[2])))
+        if len(padded) != 1:
+            return None
+        border = padded.pop()
+        if not all(calls[j].kind == "done" or calls[j].run.reads_bordered(border[0]) for j in after):
+            return None
+        return border
 
     def _output(self, name: str, x) -> np.ndarray:
         """Where node ``name`` writes for input ``x``: its reused buffer, or a fresh array for the output."""
@@ -151,16 +188,19 @@ class Model:
             buf = bufs[name] = np.empty((batch,) + self.activation_shapes[name], dtype=np.uint8)
         return buf[:batch]
 
-    def _padded_buffer(self, name: str, batch: int, padding: int, zero_point: int) -> np.ndarray:
-        """Node ``name``'s output buffer inside a border of ``padding`` pixels holding ``zero_point``: its only
-        reader's padded input. The border is filled once, when the buffer is made; the producer writes
-        only the interior (``write_padded``), so the border stays as filled while the buffer is reused."""
+    def _destination(self, name: str, x, border: tuple | None) -> np.ndarray:
+        """Where node ``name`` writes: :meth:`_output`, or with ``border = (pixels, zero point)`` its reused
+        buffer inside that border: the border is filled once, when the buffer is made; producers write only
+        the interior (``run_bordered``), so it stays as filled while the buffer is reused."""
+        if border is None:
+            return self._output(name, x)
+        batch, padding = x.shape[0], border[0]
         bufs = self._bufs()
         h, w, c = self.activation_shapes[name]
-        key = (name, "padded")
+        key = (name, "bordered", border)
         buf = bufs.get(key)
         if buf is None or buf.shape[0] < batch:
-            buf = bufs[key] = np.full((batch, h + 2 * padding, w + 2 * padding, c), zero_point, dtype=np.uint8)
+            buf = bufs[key] = np.full((batch, h + 2 * padding, w + 2 * padding, c), border[1], dtype=np.uint8)
         return buf[:batch]
 
     def _bufs(self) -> dict:
@@ -207,18 +247,18 @@ class Model:
                     out = values[name]
                 elif call is not None and call.kind == "conv+add":
                     out = self._buffer(name, x.shape[0])
-                    run = call.run.run_padded if call.padded_in else call.run
-                    values[call.add_name] = run(ins[0], values[call.residual], out, self._output(call.add_name, x))
-                elif call is not None:  # inputs: this model's own activations, C-contiguous uint8
-                    if call.pad_out is not None:  # values[name] becomes the reader's padded input
-                        pad = call.pad_out[0]
-                        dest = self._padded_buffer(name, x.shape[0], *call.pad_out)
+                    add_out = self._destination(call.add_name, x, call.out_border)
+                    if call.in_pad or call.residual_pad or call.out_border:
+                        values[call.add_name] = call.run.run_bordered(
+                            ins[0], call.in_pad, values[call.residual], call.residual_pad, out, add_out,
+                            call.out_border[0] if call.out_border else 0)
                     else:
-                        pad, dest = 0, self._output(name, x)
-                    if call.padded_in:
-                        out = call.run.run_padded(ins[0], dest, pad)
-                    elif pad:
-                        out = call.run.write_padded(ins[0], dest, pad)
+                        values[call.add_name] = call.run(ins[0], values[call.residual], out, add_out)
+                elif call is not None:  # inputs: this model's own activations, C-contiguous uint8
+                    dest = self._destination(name, x, call.out_border)
+                    if call.in_pad or call.out_border:
+                        out = call.run.run_bordered(ins[0], call.in_pad, dest,
+                                                    call.out_border[0] if call.out_border else 0)
                     else:
                         out = call.run(*ins, dest)
                 elif op == "conv2d":

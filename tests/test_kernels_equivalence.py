@@ -670,6 +670,91 @@ def test_conv2d_writes_the_next_convs_padded_input(seed, n, h, w, c, o, o_b, k_a
             np.testing.assert_array_equal(out, want_b)
 
 
+def _bordered(rng, a, pad, fill=None):
+    """``a`` (N, H, W, C) inside a border of ``pad`` pixels holding ``fill`` (None: random bytes)."""
+    n, h, w, c = a.shape
+    shape = (n, h + 2 * pad, w + 2 * pad, c)
+    out = rng.integers(0, 256, shape, dtype=np.uint8) if fill is None else np.full(shape, fill, np.uint8)
+    out[:, pad:pad + h, pad:pad + w] = a
+    return out
+
+
+@given(
+    seed=SEED,
+    n=st.integers(1, 3),
+    h=st.integers(1, 10),
+    w=st.sampled_from([3, 7, 8, 16, 16, 17, 32, 32]),  # mostly widths the tiles divide: in-place reads
+    c=st.sampled_from([3, 4, 8, 16, 16, 17, 32]),
+    o=st.sampled_from([4, 16, 17, 32, 64]),
+    k=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.sampled_from([0, 1, 1, 2]),
+    x_border=st.sampled_from([False, True, True]),
+    residual_pad=st.sampled_from([0, 1, 2]),
+    add_pad=st.sampled_from([0, 1, 2]),
+    conv_is_a=st.booleans(),
+    act_kind=ACT_KIND,
+)
+def test_conv2d_add_reads_and_writes_through_borders(seed, n, h, w, c, o, k, stride, padding, x_border, residual_pad,
+                                                     add_pad, conv_is_a, act_kind):
+    # The engine's bordered activations: a fused conv + add (run_bordered) reads its input inside a border
+    # (the conv's own zero-point padding, or any border for an unpadded conv that reads in place), its
+    # residual inside another (random bytes there: never read) and writes the sum inside a third (never
+    # written): the reference conv and add's bits; a conv that must copy its input refuses a border.
+    assume(h + 2 * padding >= k and w + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    args, _, _ = random_conv_case(rng, n, h, w, c, o, k, stride, padding, int(rng.integers(0, 256)),
+                                  int(rng.integers(0, 256)), act_kind)
+    conv = REF.conv2d(*args)
+    residual = rng.integers(0, 256, size=conv.shape, dtype=np.uint8)
+    am, ash = quantize_multiplier(2.0 ** rng.uniform(-8, 3))
+    bm, bsh = quantize_multiplier(2.0 ** rng.uniform(-8, 3))
+    assume(abs(ash - bsh) <= 20)
+    add = (int(rng.integers(0, 256)), am, ash, int(rng.integers(0, 256)), bm, bsh, int(rng.integers(0, 256)), 0, 255)
+    want = REF.add_round_half_up(conv, residual, *add) if conv_is_a else REF.add_round_half_up(residual, conv, *add)
+    x_pad = (padding or int(rng.integers(1, 3))) if x_border else 0
+    x = _bordered(rng, args[0], x_pad, args[3] if padding else None)  # an unpadded conv must not read the border
+    for fast in FAST_BACKENDS:
+        run = fast.conv2d.prepare_add(*args[1:], input_shape=args[0].shape[1:], add=add, conv_is_a=conv_is_a)
+        if not hasattr(run, "run_bordered"):  # the portable rung: plain calls only
+            continue
+        conv_out = np.full_like(conv, 77)
+        add_out = _bordered(rng, np.full_like(conv, 77), add_pad, 77)
+        res = _bordered(rng, residual, residual_pad)
+        if not run.reads_bordered(x_pad):
+            assert x_pad and not run.conv.direct
+            with pytest.raises(ValueError, match="padded input"):
+                run.run_bordered(x, x_pad, res, residual_pad, conv_out, add_out, add_pad)
+            continue
+        assert run.run_bordered(x, x_pad, res, residual_pad, conv_out, add_out, add_pad) is add_out
+        np.testing.assert_array_equal(conv_out, conv)
+        oh, ow = conv.shape[1:3]
+        np.testing.assert_array_equal(add_out[:, add_pad:add_pad + oh, add_pad:add_pad + ow], want)
+        border = add_out.copy()
+        border[:, add_pad:add_pad + oh, add_pad:add_pad + ow] = 77
+        assert (border == 77).all(), "run_bordered wrote into the output border"
+        plain = fast.conv2d.prepare(*args[1:], input_shape=args[0].shape[1:])
+        out = _bordered(rng, np.full_like(conv, 77), add_pad, 77)
+        assert plain.run_bordered(x, x_pad, out, add_pad) is out
+        np.testing.assert_array_equal(out[:, add_pad:add_pad + oh, add_pad:add_pad + ow], conv)
+
+
+def test_conv2d_reads_bordered_resnet20_shortcuts():
+    # ResNet-20's 1x1 stride-2 shortcuts read the block input in place one border in on the vnni512 rung
+    rng = np.random.default_rng(8)
+    for size, c, o in ((32, 16, 32), (16, 32, 64)):
+        args, _, _ = random_conv_case(rng, 2, size, size, c, o, 1, 2, 0, 100, 120, "full")
+        want = REF.conv2d(*args)
+        for name in ("numba-vnni512", "numba-avx2"):
+            if name not in BACKEND_NAMES:
+                continue
+            conv = kernels.get_backend(name).conv2d.prepare(*args[1:], input_shape=args[0].shape[1:])
+            assert conv.reads_bordered(1) == (name == "numba-vnni512"), name
+            if conv.reads_bordered(1):
+                out = np.full_like(want, 77)
+                np.testing.assert_array_equal(conv.run_bordered(_bordered(rng, args[0], 1), 1, out, 0), want)
+
+
 def test_conv2d_padded_handoff_on_resnet20_shapes():
     # the three residual-block shapes read their padded input in place on the vnni512 rung (uint8 input,
     # every tile full); the AVX2 rung (int16 input) always copies
@@ -687,10 +772,24 @@ def test_conv2d_padded_handoff_on_resnet20_shapes():
                     np.testing.assert_array_equal(out, want)
 
 
+def _border_counts(calls):
+    """(outputs stored inside a border, convs reading a bordered input, fused adds reading a bordered residual)."""
+    calls = [c for c in calls if c is not None]
+    return (sum(c.out_border is not None for c in calls), sum(c.in_pad > 0 for c in calls),
+            sum(c.residual_pad > 0 for c in calls))
+
+
+# ResNet-20 on the vnni512 rung: every tensor a padded conv reads is stored inside its border except the
+# network input: the stem's output, the nine first convs' and eight block outputs (the last feeds the pool);
+# read in place by 9 + 9 padded convs and the two 1x1 stride-2 shortcuts, and as the residual of the seven
+# identity blocks
+RESNET20_BORDERS = (18, 20, 7)
+
+
 def test_engine_hands_padded_buffers_between_convs():
-    # the engine's conv -> conv handoff (write_padded / run_padded) on every numba rung: the reference's
-    # bits at growing and shrinking batches (a reused buffer keeps its border), and on vnni512 all nine
-    # residual blocks' first convs write into the second's padded input
+    # the engine's bordered activations (run_bordered) on every numba rung: the reference's bits at growing
+    # and shrinking batches (a reused buffer keeps its border); on vnni512 every tensor a padded conv reads
+    # except the network input is written inside that conv's zero-point border
     from intengine.engine import load_model
 
     model = load_model(Path(__file__).resolve().parents[1] / "models" / "resnet20_sigma0.25.int8")
@@ -701,16 +800,16 @@ def test_engine_hands_padded_buffers_between_convs():
             continue
         for batch in (3, 1, 7, 2):
             np.testing.assert_array_equal(model.forward(x[:batch], name), want[:batch], err_msg=f"{name} {batch}")
-        calls = [c for c in model._prepared[name] if c is not None]
-        handoffs = sum(c.pad_out is not None for c in calls), sum(c.padded_in for c in calls)
         rung = kernels.numba_backend.op_conv2d.SELECTED if name == "numba" else name[len("numba-"):]
-        assert handoffs == ((9, 9) if rung == "vnni512" else (0, 0)), (name, handoffs)
+        counts = _border_counts(model._prepared[name])
+        assert counts == (RESNET20_BORDERS if rung == "vnni512" else (0, 0, 0)), (name, counts)
 
 
-@pytest.mark.parametrize("setting,fused_adds,handoffs", [("0", 0, 0), ("none", 0, 0), ("add", 9, 0), ("all", 9, 9)])
-def test_engine_fuse_switch(monkeypatch, setting, fused_adds, handoffs):
+@pytest.mark.parametrize("setting,fused_adds,borders", [("0", 0, (0, 0, 0)), ("none", 0, (0, 0, 0)),
+                                                        ("add", 9, (0, 0, 0)), ("all", 9, RESNET20_BORDERS)])
+def test_engine_fuse_switch(monkeypatch, setting, fused_adds, borders):
     # INTENGINE_FUSE (benchmarks' A/B): none runs every node on its own, add only fuses conv + add, all
-    # (the default) also hands padded buffers from conv to conv; the bits never change
+    # (the default) also stores activations inside their readers' zero-point border; the bits never change
     from intengine.engine import load_model
 
     monkeypatch.setenv("INTENGINE_FUSE", setting)
@@ -720,8 +819,8 @@ def test_engine_fuse_switch(monkeypatch, setting, fused_adds, handoffs):
     np.testing.assert_array_equal(model.forward(x, backend), model.forward(x, "reference"))
     calls = [c for c in model._prepared[backend] if c is not None]
     assert sum(c.kind == "conv+add" for c in calls) == fused_adds
-    if "numba-vnni512" in BACKEND_NAMES:  # the handoff needs the vnni512 rung's uint8 input
-        assert sum(c.pad_out is not None for c in calls) == sum(c.padded_in for c in calls) == handoffs
+    if "numba-vnni512" in BACKEND_NAMES:  # borders need the vnni512 rung's uint8 input
+        assert _border_counts(calls) == borders
 
 
 def test_engine_fuses_every_resnet20_residual_add():

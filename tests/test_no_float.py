@@ -234,7 +234,8 @@ def test_vnni_rung_lowers_integer_only_for_a_vnni_cpu(tmp_path):
         hits = float_tokens_in_ir(llvm_ir)
         assert not hits, hits[:5]
         # the conv fused with its residual add: the same driver plus add_row's arguments
-        add_args = types.Tuple((arr(types.uint8), arr(types.uint8)) + (i64,) * 14)
+        # (residual, residual border, add output, its border, OH, OW, C) + kernel_params' 14 scalars
+        add_args = types.Tuple((arr(types.uint8), i64, arr(types.uint8)) + (i64,) * 18)
         fused_sig = sig[:-2] + (add_args,) + sig[-2:]  # after out_pad, before n_workers, grain
         fused = vnni._conv2d_add_vnni_kernel
         fused.compile(fused_sig)

@@ -327,7 +327,7 @@ def conv2d_row(tile, xf, padded_h, padded_w, wp, variant, tile_p, padded_c, kern
 
 
 @njit(cache=True, inline="always")
-def no_row_op(of, start, stop, row_args):
+def no_row_op(of, start, stop, n, oh, row_args):
     """The plain conv's row hook: nothing after a row (inlined away)."""
     pass
 
@@ -346,9 +346,10 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
     ``out`` (N, OH + 2 out_pad, OW + 2 out_pad, O) uint8 and ``of``, the same memory flat (flat views come
     from the caller: Numba's reshape(-1) infers the size with float math): the output goes inside a
     border of ``out_pad`` pixels, which is never written (0: ``out`` is the output; > 0: ``out`` is the
-    next conv's zero-point-padded input, its border filled by the caller); ``row_op(of, start, stop,
-    row_args)`` runs on each output row's flat range right after the row is written (:func:`no_row_op`,
-    or the residual add of a fused conv + add: ``op_add_round_half_up.add_row``); ``split``: ``(n_workers,
+    next conv's zero-point-padded input, its border filled by the caller); ``row_op(of, start, stop, n,
+    oh, row_args)`` runs on output row ``(n, oh)``, flat range ``of[start:stop]``, right after the row is
+    written (:func:`no_row_op`, or the residual add of a fused conv + add: ``op_add_round_half_up.add_row``);
+    ``split``: ``(n_workers,
     grain)``, :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows (one argument:
     CPython passes a call of more than 30 arguments as ``*args``, which Numba cannot inline)."""
     n_workers, grain = split
@@ -378,7 +379,7 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
                                task - n * out_h, scratch)
                     # the row just written, still in this core's cache
                     row = ((n * buf_h + task - n * out_h + out_pad) * buf_w + out_pad) * n_out
-                    row_op(of, row, row + out_w * n_out, row_args)
+                    row_op(of, row, row + out_w * n_out, n, task - n * out_h, row_args)
 
 
 class PreparedConv2d:
@@ -416,28 +417,50 @@ class PreparedConv2d:
         return x if self.direct else pad_input(self.isa, x, self.input_zero_point, self.padding, pk.tile_p,
                                                self.stride, pk.padded_c, self.subsample)
 
+    def reads_bordered(self, x_pad: int) -> bool:
+        """Whether :meth:`run_bordered` can read an input stored inside a border of ``x_pad`` pixels in place:
+        0 (a plain input), the layer's own padding where :attr:`reads_padded_input`, or any border for an
+        unpadded layer that reads its input in place (:attr:`direct`: it starts ``x_pad`` pixels in)."""
+        return x_pad == 0 or (x_pad == self.padding and self.reads_padded_input) or (self.padding == 0 and self.direct)
+
+    def _source(self, x, x_pad):
+        """(flat input the kernel reads, its rows per image, its pixels per row) for input ``x`` stored inside a
+        border of ``x_pad`` pixels (see :meth:`reads_bordered`)."""
+        if x_pad == 0:
+            xp = self._input(x)
+            return xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2])
+        if not self.reads_bordered(x_pad):
+            raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
+        xf = x.reshape(-1)
+        if x_pad != self.padding:  # an unpadded layer: its input starts at pixel (x_pad, x_pad) of each image
+            xf = xf[(x_pad * x.shape[2] + x_pad) * x.shape[3]:]
+        return xf, np.int64(x.shape[1]), np.int64(x.shape[2])
+
     def __call__(self, x, out):
         """conv2d of ``x`` (N, H, W, C) uint8, C-contiguous, into ``out`` (N, OH, OW, O) (not overlapping x)."""
-        return self._run(self._input(x), out, 0)
+        return self.run_bordered(x, 0, out, 0)
+
+    def run_bordered(self, x, x_pad, out, out_pad):
+        """conv2d of the input stored in ``x`` (N, H + 2 x_pad, W + 2 x_pad, C) inside a border of ``x_pad``
+        pixels (0: none), into the interior of ``out`` (N, OH + 2 out_pad, OW + 2 out_pad, O); uint8,
+        C-contiguous, not overlapping. The output border is never written: a buffer whose border holds the
+        next conv's input zero point is that conv's padded input. ``x_pad`` as :meth:`reads_bordered` allows;
+        a border read as this layer's padding must hold ``input_zero_point`` (as the engine fills it)."""
+        xf, padded_h, padded_w = self._source(x, x_pad)
+        self.kernel(xf, padded_h, padded_w, *self.args, out, out.reshape(-1), np.int64(out_pad),
+                    *work_split(out.shape[0] * (out.shape[1] - 2 * out_pad)))
+        return out
 
     def write_padded(self, x, padded_out, out_pad):
-        """conv2d of ``x`` into the interior of ``padded_out`` (N, OH + 2 out_pad, OW + 2 out_pad, O), uint8,
-        C-contiguous: its border is not written, so a buffer whose border holds the next conv's input zero
-        point is that conv's padded input (:meth:`run_padded`), with no padding copy in between."""
-        return self._run(self._input(x), padded_out, out_pad)
+        """conv2d of ``x`` into the interior of ``padded_out`` (:meth:`run_bordered` with no input border)."""
+        return self.run_bordered(x, 0, padded_out, out_pad)
 
     def run_padded(self, padded_x, out, out_pad=0):
-        """conv2d of the input whose zero-point-padded form is ``padded_x`` (N, H + 2p, W + 2p, C) uint8,
-        C-contiguous, border = ``input_zero_point`` (as :meth:`write_padded` leaves it), into ``out`` (inside
-        a border of ``out_pad``, as :meth:`write_padded`); only where :attr:`reads_padded_input`."""
+        """conv2d of the input whose zero-point-padded form is ``padded_x`` (N, H + 2p, W + 2p, C), border =
+        ``input_zero_point``, into ``out`` (:meth:`run_bordered`); only where :attr:`reads_padded_input`."""
         if not self.reads_padded_input:
             raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
-        return self._run(padded_x, out, out_pad)
-
-    def _run(self, xp, out, out_pad):
-        self.kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.args, out,
-                    out.reshape(-1), np.int64(out_pad), *work_split(out.shape[0] * (out.shape[1] - 2 * out_pad)))
-        return out
+        return self.run_bordered(padded_x, self.padding, out, out_pad)
 
 
 class PreparedConv2dAdd:
@@ -450,23 +473,31 @@ class PreparedConv2dAdd:
     def __init__(self, conv: PreparedConv2d, add_kernel, add_params):
         self.conv, self.add_kernel, self.add_params = conv, add_kernel, add_params
         self.reads_padded_input = conv.reads_padded_input
+        self.reads_bordered = conv.reads_bordered
 
     def __call__(self, x, residual, conv_out, add_out):
         """``add_out = add(conv2d(x), residual)``, the conv's own output in ``conv_out`` (all C-contiguous
         uint8, ``residual`` and both outputs (N, OH, OW, O), none overlapping another)."""
-        return self._run(self.conv._input(x), residual, conv_out, add_out)
+        return self.run_bordered(x, 0, residual, 0, conv_out, add_out, 0)
 
     def run_padded(self, padded_x, residual, conv_out, add_out):
         """As a call, on the conv's zero-point-padded input (:meth:`PreparedConv2d.run_padded`)."""
         if not self.reads_padded_input:
             raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
-        return self._run(padded_x, residual, conv_out, add_out)
+        return self.run_bordered(padded_x, self.conv.padding, residual, 0, conv_out, add_out, 0)
 
-    def _run(self, xp, residual, conv_out, add_out):
-        self.add_kernel(xp.reshape(-1), np.int64(xp.shape[1]), np.int64(xp.shape[2]), *self.conv.args, conv_out,
+    def run_bordered(self, x, x_pad, residual, residual_pad, conv_out, add_out, add_pad):
+        """As a call, with the conv's input, the residual and the add's output each stored inside its own border
+        (``x_pad`` as :meth:`PreparedConv2d.run_bordered`; ``residual`` (N, OH + 2 residual_pad, ...), its
+        border never read; ``add_out`` (N, OH + 2 add_pad, ...), its border never written); ``conv_out``
+        unpadded."""
+        xf, padded_h, padded_w = self.conv._source(x, x_pad)
+        n_batch, out_h, out_w, n_out = conv_out.shape
+        add_args = (residual.reshape(-1), np.int64(residual_pad), add_out.reshape(-1), np.int64(add_pad),
+                    np.int64(out_h), np.int64(out_w), np.int64(n_out)) + self.add_params
+        self.add_kernel(xf, padded_h, padded_w, *self.conv.args, conv_out,
                         conv_out.reshape(-1), np.int64(0),  # out_pad 0: the add reads conv_out's rows flat
-                        (residual.reshape(-1), add_out.reshape(-1)) + self.add_params,
-                        *work_split(conv_out.shape[0] * conv_out.shape[1]))
+                        add_args, *work_split(n_batch * out_h))
         return add_out
 
 

@@ -161,14 +161,20 @@ def _add_chunk(a, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scal
 
 
 @njit(cache=True, inline="always")
-def add_row(of, start, stop, add_args):
-    """The row hook of a fused conv + add (``microkernel.conv2d_tiles``): ``out[start:stop] = the add of
-    of[start:stop]`` (the conv's output row, operand a) ``and b[start:stop]``; ``add_args = (b, out) +``
-    :func:`kernel_params`."""
-    (b, out, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding,
-     total_shift, output_zero_point, act_min, act_max, pre_shift) = add_args
-    _add_chunk(of, b, out, start, stop, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier,
-               b_exp, b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift)
+def add_row(of, start, stop, n, oh, add_args):
+    """The row hook of a fused conv + add (``microkernel.conv2d_tiles``): row ``(n, oh)`` of the add's output
+    from ``of[start:stop]`` (the conv's output row, operand a) and the same row of ``b``. ``add_args = (b,
+    b_pad, out, out_pad, OH, OW, C) +`` :func:`kernel_params` (flat: Numba's parallel lowering refuses nested
+    tuples): ``b`` and ``out`` flat (N, OH + 2 pad, OW + 2 pad, C) with their own borders of ``b_pad`` /
+    ``out_pad`` pixels (0: unpadded), which are never read or written."""
+    (b, b_pad, out, out_pad, height, width, channels, a_zero_point, a_multiplier, a_exp, a_scale, b_zero_point,
+     b_multiplier, b_exp, b_scale, rounding, total_shift, output_zero_point, act_min, act_max, pre_shift) = add_args
+    length = stop - start
+    b_at = ((n * (height + 2 * b_pad) + oh + b_pad) * (width + 2 * b_pad) + b_pad) * channels
+    out_at = ((n * (height + 2 * out_pad) + oh + out_pad) * (width + 2 * out_pad) + out_pad) * channels
+    _add_chunk(of[start:stop], b[b_at:b_at + length], out[out_at:out_at + length], 0, length, a_zero_point,
+               a_multiplier, a_exp, a_scale, b_zero_point, b_multiplier, b_exp, b_scale, rounding, total_shift,
+               output_zero_point, act_min, act_max, pre_shift)
 
 
 def kernel_params(a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift, output_zero_point,
