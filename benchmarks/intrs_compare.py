@@ -17,8 +17,9 @@ For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (2
                 certified by :func:`export.floatrs.certify_float_quant` (float noise, int8 engine).
 
 * IntRS-quant + consistency ``intengine train --mode intrs --consistency``: the shipped models' recipe
-                (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, Jeong & Shin's lambda;
-                ``--recipe-cutout`` 0; the shipped sigma 0.25 model: 100 / 10 / 3 epochs, cutout 8);
+                (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, ``--recipe-lambda``
+                Jeong & Shin's lambda for each sigma; ``--recipe-cutout`` 0; the shipped sigma 0.25 model's
+                options are in its card: ``intengine info models/resnet20_sigma0.25.int8``);
                 certified by intengine like IntRS-quant. ``--reuse-recipe DIR`` takes
                 ``DIR/resnet20_sigma{s}.int8`` when its provenance shows exactly these options.
 
@@ -89,7 +90,7 @@ def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
     if method != "floatrs-fp":
         cmd += ["--qat-epochs", str(qat_epochs), "--freeze-epochs", str(freeze_epochs)]
     if method == "intrs-consistency":
-        cmd += ["--consistency"]
+        cmd += ["--consistency"] + ([f"{args.recipe_lambda:g}"] if args.recipe_lambda is not None else [])
         if args.recipe_cutout:
             cmd += ["--cutout", str(args.recipe_cutout)]
     return cmd
@@ -114,7 +115,8 @@ def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str
             "frozen_observer_epochs": freeze_epochs, "seed": args.seed, "batch_size": 128, "lr": 0.1,
             "init": "random (seeded)"}
     if method == "intrs-consistency":
-        want.update(consistency_lambda=paper_lambda(sigma), noise_copies=CONSISTENCY_COPIES,
+        lam = args.recipe_lambda if args.recipe_lambda is not None else paper_lambda(sigma)
+        want.update(consistency_lambda=float(lam), noise_copies=CONSISTENCY_COPIES,
                     consistency_eta=CONSISTENCY_ETA)
     elif meta.get("consistency_lambda", 0.0) != 0.0 or meta.get("noise_copies", 1) != 1:
         return f"{src} was trained with consistency regularization"
@@ -378,6 +380,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe-freeze-epochs", type=int, default=3)
     ap.add_argument("--recipe-cutout", type=int, default=0, metavar="PIXELS",
                     help="IntRS-quant + consistency: cutout square side (the shipped sigma 0.25 model: 8)")
+    ap.add_argument("--recipe-lambda", type=float, default=None, metavar="LAMBDA",
+                    help="IntRS-quant + consistency: the consistency weight (default: the paper's for each sigma)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=100, help="test images certified per (method, sigma)")
