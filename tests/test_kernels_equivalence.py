@@ -620,13 +620,13 @@ def _padded_chain(fast, args_a, args_b):
     conv_b = fast.conv2d.prepare(*args_b[1:], input_shape=a_shape[1:])
     pad, zp = args_b[8], args_b[3]
     padded = np.full((a_shape[0], a_shape[1] + 2 * pad, a_shape[2] + 2 * pad, a_shape[3]), zp, np.uint8)
-    assert conv_a.write_padded(x, padded, pad) is padded
+    assert conv_a.run_bordered(x, 0, padded, pad) is padded
     if not conv_b.reads_padded_input:
         with pytest.raises(ValueError, match="padded input"):
-            conv_b.run_padded(padded, np.empty(REF.conv2d(REF.conv2d(*args_a), *args_b[1:]).shape, np.uint8))
+            conv_b.run_bordered(padded, pad, np.empty(REF.conv2d(REF.conv2d(*args_a), *args_b[1:]).shape, np.uint8), 0)
         return padded, None
     out = np.full(REF.conv2d(REF.conv2d(*args_a), *args_b[1:]).shape, 77, np.uint8)
-    assert conv_b.run_padded(padded, out) is out
+    assert conv_b.run_bordered(padded, pad, out, 0) is out
     return padded, out
 
 
@@ -644,10 +644,10 @@ def _padded_chain(fast, args_a, args_b):
     act_kind=ACT_KIND,
 )
 def test_conv2d_writes_the_next_convs_padded_input(seed, n, h, w, c, o, o_b, k_a, stride_b, padding_b, act_kind):
-    # A conv writes its output inside the next conv's zero-point border (write_padded: the engine's
+    # A conv writes its output inside the next conv's zero-point border (run_bordered: the engine's
     # handoff between the two convs of a residual block) and the next conv reads that buffer in place
-    # (run_padded) where its tiles allow; the border is never written, the interior is A's output and B
-    # gives the reference's bits; where B needs its own copy, run_padded refuses.
+    # (run_bordered) where its tiles allow; the border is never written, the interior is A's output and B
+    # gives the reference's bits; where B needs its own copy, it refuses the border.
     rng = np.random.default_rng(seed)
     args_a, _, _ = random_conv_case(rng, n, h, w, c, o, k_a, 1, (k_a - 1) // 2, int(rng.integers(0, 256)),
                                     int(rng.integers(0, 256)), act_kind)
@@ -658,14 +658,14 @@ def test_conv2d_writes_the_next_convs_padded_input(seed, n, h, w, c, o, o_b, k_a
     want_b = REF.conv2d(want_a, *args_b[1:])
     for fast in FAST_BACKENDS:
         prepared = fast.conv2d.prepare(*args_a[1:], input_shape=args_a[0].shape[1:])
-        if not hasattr(prepared, "write_padded"):  # the portable rung: plain calls only
+        if not hasattr(prepared, "run_bordered"):  # the portable rung: plain calls only
             continue
         padded, out = _padded_chain(fast, args_a, args_b)
         p = padding_b
         np.testing.assert_array_equal(padded[:, p:p + h, p:p + w], want_a)
         border = padded.copy()
         border[:, p:p + h, p:p + w] = args_b[3]
-        assert (border == args_b[3]).all(), "write_padded wrote into the border"
+        assert (border == args_b[3]).all(), "run_bordered wrote into the border"
         if out is not None:
             np.testing.assert_array_equal(out, want_b)
 

@@ -402,7 +402,7 @@ class PreparedConv2d:
         self.subsample = stride if not self.direct and pk.kernel_h == pk.kernel_w == 1 and padding == 0 else 1
         self.stride = stride // self.subsample
         # The same conditions with padding: the kernel can read a zero-point-padded input another conv wrote
-        # (write_padded) with no copy of its own: every tile full, so no tile reads past a padded row.
+        # (run_bordered) with no copy of its own: every tile full, so no tile reads past a padded row.
         self.reads_padded_input = (padding > 0 and isa.input_dtype == np.uint8 and in_channels == pk.padded_c
                                    and out_width % pk.tile_p == 0)
         self.isa, self.kernel, self.packed = isa, kernel, pk
@@ -451,17 +451,6 @@ class PreparedConv2d:
                     *work_split(out.shape[0] * (out.shape[1] - 2 * out_pad)))
         return out
 
-    def write_padded(self, x, padded_out, out_pad):
-        """conv2d of ``x`` into the interior of ``padded_out`` (:meth:`run_bordered` with no input border)."""
-        return self.run_bordered(x, 0, padded_out, out_pad)
-
-    def run_padded(self, padded_x, out, out_pad=0):
-        """conv2d of the input whose zero-point-padded form is ``padded_x`` (N, H + 2p, W + 2p, C), border =
-        ``input_zero_point``, into ``out`` (:meth:`run_bordered`); only where :attr:`reads_padded_input`."""
-        if not self.reads_padded_input:
-            raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
-        return self.run_bordered(padded_x, self.padding, out, out_pad)
-
 
 class PreparedConv2dAdd:
     """A prepared conv layer (:class:`PreparedConv2d`) whose output is one operand of a residual add: each
@@ -472,19 +461,12 @@ class PreparedConv2dAdd:
 
     def __init__(self, conv: PreparedConv2d, add_kernel, add_params):
         self.conv, self.add_kernel, self.add_params = conv, add_kernel, add_params
-        self.reads_padded_input = conv.reads_padded_input
         self.reads_bordered = conv.reads_bordered
 
     def __call__(self, x, residual, conv_out, add_out):
         """``add_out = add(conv2d(x), residual)``, the conv's own output in ``conv_out`` (all C-contiguous
         uint8, ``residual`` and both outputs (N, OH, OW, O), none overlapping another)."""
         return self.run_bordered(x, 0, residual, 0, conv_out, add_out, 0)
-
-    def run_padded(self, padded_x, residual, conv_out, add_out):
-        """As a call, on the conv's zero-point-padded input (:meth:`PreparedConv2d.run_padded`)."""
-        if not self.reads_padded_input:
-            raise ValueError("this conv layer copies its input: it cannot read a padded input in place")
-        return self.run_bordered(padded_x, self.conv.padding, residual, 0, conv_out, add_out, 0)
 
     def run_bordered(self, x, x_pad, residual, residual_pad, conv_out, add_out, add_pad):
         """As a call, with the conv's input, the residual and the add's output each stored inside its own border
