@@ -349,9 +349,9 @@ def conv2d_tiles(tile, lanes, group, max_tile_size, xf, padded_h, padded_w, wp, 
     next conv's zero-point-padded input, its border filled by the caller); ``row_op(of, start, stop, n,
     oh, row_args)`` runs on output row ``(n, oh)``, flat range ``of[start:stop]``, right after the row is
     written (:func:`no_row_op`, or the residual add of a fused conv + add: ``op_add_round_half_up.add_row``);
-    ``split``: ``(n_workers,
-    grain)``, :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH`` rows (one argument:
-    CPython passes a call of more than 30 arguments as ``*args``, which Numba cannot inline)."""
+    ``split``: ``(n_workers, grain)``, :func:`~kernels.numba_backend.worksharing.work_split` of the ``N * OH``
+    rows (one argument: CPython passes a call of more than 30 arguments as ``*args``, which Numba cannot
+    inline)."""
     n_workers, grain = split
     n_batch, buf_h, buf_w, _ = out.shape
     out_h, out_w = buf_h - 2 * out_pad, buf_w - 2 * out_pad
