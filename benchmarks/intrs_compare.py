@@ -18,8 +18,9 @@ For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (2
 
 * IntRS-quant + consistency ``intengine train --mode intrs --consistency``: the shipped models' recipe
                 (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, ``--recipe-lambda``
-                Jeong & Shin's lambda for each sigma; ``--recipe-cutout`` 0; the shipped sigma 0.25 model's
-                options are in its card: ``intengine info models/resnet20_sigma0.25.int8``);
+                Jeong & Shin's lambda for each sigma; ``--recipe-cutout`` 0, ``--recipe-trivial-augment``
+                off; the shipped sigma 0.25 model's options are in its card: ``intengine info
+                models/resnet20_sigma0.25.int8``);
                 certified by intengine like IntRS-quant. ``--reuse-recipe DIR`` takes
                 ``DIR/resnet20_sigma{s}.int8`` when its provenance shows exactly these options.
 
@@ -93,6 +94,8 @@ def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
         cmd += ["--consistency"] + ([f"{args.recipe_lambda:g}"] if args.recipe_lambda is not None else [])
         if args.recipe_cutout:
             cmd += ["--cutout", str(args.recipe_cutout)]
+        if getattr(args, "recipe_trivial_augment", False):
+            cmd += ["--trivial-augment"]
     return cmd
 
 
@@ -100,6 +103,11 @@ def _cutout_of(meta: dict) -> int:
     """The cutout square side a model was trained with (0: none; models from before --cutout have none)."""
     found = re.search(r"cutout (\d+)x", str(meta.get("augmentation", "")))
     return int(found.group(1)) if found else 0
+
+
+def _trivial_augment_of(meta: dict) -> bool:
+    """Whether a model was trained with --trivial-augment (its card's augmentation line says so)."""
+    return "TrivialAugment" in str(meta.get("augmentation", ""))
 
 
 def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str | None:
@@ -123,6 +131,9 @@ def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str
     diff = [k for k, v in want.items() if meta.get(k) != v]
     if _cutout_of(meta) != (args.recipe_cutout if method == "intrs-consistency" else 0):
         diff.append("cutout")
+    recipe_ta = getattr(args, "recipe_trivial_augment", False) if method == "intrs-consistency" else False
+    if _trivial_augment_of(meta) != recipe_ta:
+        diff.append("trivial_augment")
     if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
         diff.append("sigma")
     if Path(str(meta.get("dataset", "")).split(" from ")[-1]).name != Path(args.data).name:
@@ -380,6 +391,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe-freeze-epochs", type=int, default=3)
     ap.add_argument("--recipe-cutout", type=int, default=0, metavar="PIXELS",
                     help="IntRS-quant + consistency: cutout square side (the shipped sigma 0.25 model: 8)")
+    ap.add_argument("--recipe-trivial-augment", action="store_true",
+                    help="IntRS-quant + consistency: one TrivialAugment operation per training image")
     ap.add_argument("--recipe-lambda", type=float, default=None, metavar="LAMBDA",
                     help="IntRS-quant + consistency: the consistency weight (default: the paper's for each sigma)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))

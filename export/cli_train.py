@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cutout", type=int, default=0, metavar="PIXELS",
                         help="augmentation: one PIXELS x PIXELS square per training image set to black "
                              "(DeVries & Taylor 2017; 0: off)")
+    parser.add_argument("--trivial-augment", action="store_true",
+                        help="augmentation: one TrivialAugment operation (Mueller & Hutter 2021, RandAugment's "
+                             "ranges) per training image, after the crop and flip, before the cutout")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on this many training images (a seeded random subset) for quick trials "
                              "(None: all)")
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                       freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                       weight_decay=args.weight_decay, cutout=args.cutout,
+                      trivial_augment=args.trivial_augment,
                       flip=(args.data != "digits"),  # digits are not mirror-symmetric
                       consistency=lbd, noise_copies=copies, consistency_eta=args.consistency_eta)
     try:
@@ -179,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         "qat_epochs": qat_e, "frozen_observer_epochs": frozen_e, "seed": args.seed,
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "augmentation": "random crop (zero padding), " + ("horizontal flip" if cfg.flip else "no flip")
+                        + (", TrivialAugment (RandAugment ranges)" if args.trivial_augment else "")
                         + (f", cutout {args.cutout}x{args.cutout}" if args.cutout else ""),
         "init": _init_note(args.init),
         "noise": NOISE_TEXT[args.mode],
@@ -230,6 +235,8 @@ def _argv_of(args) -> list[str]:
         out += ["--lr", str(args.lr)]
     if args.weight_decay != 5e-4:
         out += ["--weight-decay", str(args.weight_decay)]
+    if args.trivial_augment:
+        out += ["--trivial-augment"]
     if args.cutout:
         out += ["--cutout", str(args.cutout)]
     if args.init:

@@ -15,7 +15,8 @@ Gaussian added in float and the noisy image is then quantized to the model's uin
 ``clip(round(255 (x + sigma z)), 0, 255)`` -- what :mod:`export.floatrs` does at certification.
 
 SGD with momentum 0.9 and Nesterov, weight decay 5e-4 (``weight_decay``), cosine learning rate over all
-epochs (per step), random crop (zero padding) and horizontal flip, optionally cutout (``cutout``).
+epochs (per step), random crop (zero padding) and horizontal flip, optionally TrivialAugment
+(``trivial_augment``) and cutout (``cutout``).
 
 Consistency regularization (Jeong & Shin, NeurIPS 2020; ``consistency`` = lambda > 0): every image of
 a batch is seen under ``noise_copies`` = m independent noise draws (same crop and flip), all m*B
@@ -105,11 +106,13 @@ def clean_input(x_uint8) -> torch.Tensor:
     return (torch.as_tensor(x_uint8).to(torch.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True, cutout: int = 0) -> np.ndarray:
-    """Random crop with zero padding (H // 8 pixels), horizontal flip and, with ``cutout`` > 0, one
-    ``cutout`` x ``cutout`` square set to 0 per image (DeVries & Taylor 2017: centre uniform over the image,
-    the square clipped at its edges), uint8 NHWC. ``cutout`` 0 draws nothing more from ``rng``, so runs
-    without it repeat the earlier recipe bit for bit."""
+def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True, cutout: int = 0,
+            trivial: bool = False) -> np.ndarray:
+    """Random crop with zero padding (H // 8 pixels), horizontal flip, with ``trivial`` one TrivialAugment
+    operation (:mod:`export.trivial_augment`) and, with ``cutout`` > 0, one ``cutout`` x ``cutout`` square
+    set to 0 per image (DeVries & Taylor 2017: centre uniform over the image, the square clipped at its
+    edges), uint8 NHWC. ``cutout`` 0 and ``trivial`` False draw nothing more from ``rng``, so runs without
+    them repeat the earlier recipe bit for bit."""
     n, h, w, _ = x.shape
     pad = max(1, h // 8)
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -121,6 +124,10 @@ def augment(x: np.ndarray, rng: np.random.Generator, flip: bool = True, cutout: 
     if flip:
         f = rng.random(n) < 0.5
         out[f] = out[f, :, ::-1]
+    if trivial:
+        from export.trivial_augment import trivial_augment
+
+        out = trivial_augment(out, rng)
     if cutout > 0:
         cy = rng.integers(0, h, n)
         cx = rng.integers(0, w, n)
@@ -144,6 +151,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     flip: bool = True
     cutout: int = 0                    # side of the cutout square in pixels (0: off)
+    trivial_augment: bool = False      # one TrivialAugment operation per image (export.trivial_augment)
     qat_lr_scale: float = 0.1          # fine-tuning without batch norm diverges at the float learning rate
     threads: int = 2
     consistency: float = 0.0           # lambda of consistency regularization (0: off)
@@ -198,7 +206,7 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
 
 
 RECIPE_KEYS = ("arch", "mode", "sigma", "epochs", "seed", "batch_size", "lr", "consistency", "noise_copies",
-               "consistency_eta", "weight_decay", "cutout")   # a resumed run continues the same recipe or is refused
+               "consistency_eta", "weight_decay", "cutout", "trivial_augment")   # a resumed run continues the same recipe or is refused
 
 
 def check_resume(cfg: TrainConfig, stored: dict, path: str) -> None:
@@ -333,7 +341,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             for g in optimizer.param_groups:
                 g["lr"] = lr
             lr_first = lr if lr_first is None else lr_first
-            xb = augment(x_train[idx], rng, cfg.flip, cfg.cutout)
+            xb = augment(x_train[idx], rng, cfg.flip, cfg.cutout, cfg.trivial_augment)
             inp = torch.cat([_batch_input(cfg, xb, None if noise is None else noise[j][idx], gen)
                              for j in range(copies)])   # (copies * B, C, H, W), copy-major
             target = torch.as_tensor(y_train[idx])

@@ -97,6 +97,46 @@ def test_cutout_blacks_out_one_clipped_square_per_image():
     assert rng_plain.integers(0, 2**62) == rng_zero.integers(0, 2**62)
 
 
+def test_trivial_augment_operations():
+    from export.trivial_augment import OPS, SIGNED, apply_op, trivial_augment
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(40, 190, (32, 32, 3), dtype=np.uint8)   # not full range: autocontrast has work to do
+    for op in OPS:
+        for m in (-1.0, -0.5, 0.0, 0.5, 1.0):
+            out = apply_op(image, op, m)
+            assert out.shape == image.shape and out.dtype == np.uint8
+            if m == 0 and op not in ("autocontrast", "equalize"):   # magnitude 0 leaves the image alone
+                assert np.array_equal(out, image), op
+        if op != "identity":
+            assert not np.array_equal(apply_op(image, op, 1.0), image), op
+        if op in SIGNED and op != "sharpness":   # the two signs go opposite ways
+            assert not np.array_equal(apply_op(image, op, 1.0), apply_op(image, op, -1.0)), op
+    # geometric operations fill with the crop padding's black; a shift by 0.45 of the side uncovers 14 columns
+    assert (apply_op(image, "translate_x", 1.0)[:, -14:] == 0).all()
+    assert (apply_op(image, "translate_x", -1.0)[:, :14] == 0).all()
+    gray = image[..., :1]
+    assert apply_op(gray, "rotate", 0.5).shape == gray.shape   # 1-channel images (digits) too
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        apply_op(image, "blur", 0.5)
+    batch = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    a = trivial_augment(batch, np.random.default_rng(1))
+    assert np.array_equal(a, trivial_augment(batch, np.random.default_rng(1)))   # a seed repeats it
+    assert 0 < (a != batch).any(axis=(1, 2, 3)).mean() < 1   # most images changed, identity (1/14) not
+
+
+def test_trivial_augment_draws_only_when_asked():
+    from export.train import augment
+
+    x = np.full((16, 32, 32, 3), 90, np.uint8)
+    rng_plain, rng_off, rng_on = (np.random.default_rng(9) for _ in range(3))
+    augment(x, rng_plain)
+    augment(x, rng_off, trivial=False)
+    assert rng_plain.integers(0, 2**62) == rng_off.integers(0, 2**62)
+    augment(x, rng_on, trivial=True)
+    assert np.random.default_rng(9).integers(0, 2**62) != rng_on.integers(0, 2**62)
+
+
 @pytest.mark.parametrize("cfg,msg", [(TrainConfig(cutout=-1), "--cutout must be"),
                                      (TrainConfig(weight_decay=-1e-4), "--weight-decay must be"),
                                      (TrainConfig(weight_decay=float("nan")), "--weight-decay must be")])
@@ -108,14 +148,16 @@ def test_bad_augmentation_settings_are_refused(cfg, msg):
 def test_cutout_and_weight_decay_are_recorded_and_bind_a_resume(tmp_path, capsys):
     from export.card import card_text
 
-    rc, out = _train(tmp_path, "--epochs", "2", "--qat-epochs", "1", "--cutout", "4", "--weight-decay", "0.001")
+    rc, out = _train(tmp_path, "--epochs", "2", "--qat-epochs", "1", "--cutout", "4", "--weight-decay", "0.001",
+                     "--trivial-augment")
     assert rc == 0
     prov = load_model(out).metadata
     assert prov["weight_decay"] == 0.001 and "cutout 4x4" in prov["augmentation"]
+    assert "TrivialAugment" in prov["augmentation"] and "--trivial-augment" in prov["command"]
     assert "--cutout 4" in prov["command"] and "--weight-decay 0.001" in prov["command"]
     assert "cutout 4x4; SGD weight decay 0.001" in card_text(out, None)
     capsys.readouterr()
     rc = cli_train.main(QUICK + ["--epochs", "2", "--qat-epochs", "1", "--cutout", "6", "--weight-decay", "0.001",
                                  "--resume", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "b.int8")])
     err = capsys.readouterr().err
-    assert rc == 2 and "another recipe" in err and "cutout 4 -> 6" in err
+    assert rc == 2 and "another recipe" in err and "cutout 4 -> 6" in err and "trivial_augment True -> False" in err
