@@ -108,6 +108,7 @@ def card_text(path: Path, data: str | None, notes: str = "", checkpoint: str | N
              f"| seed | {p.get('seed')} |",
              f"| augmentation | {p.get('augmentation', 'random crop (zero padding), horizontal flip')}; SGD weight "
              f"decay {p.get('weight_decay', 5e-4):g} |",
+             f"| weight average | {p.get('weight_average', 'none')} |",
              f"| noise | {p.get('noise')} |",
              f"| objective | {p.get('objective', 'cross-entropy under noise (1 noisy copy per image)')} |",
              f"| test accuracy, clean (torch QAT model) | {100 * p.get('test_acc_clean', float('nan')):.1f}% |",

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trivial-augment", action="store_true",
                         help="augmentation: one TrivialAugment operation (Mueller & Hutter 2021, RandAugment's "
                              "ranges) per training image, after the crop and flip, before the cutout")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="keep an exponential moving average of the float phase's weights (Polyak averaging, "
+                             "e.g. 0.999); QAT starts from the average (0: off)")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on this many training images (a seeded random subset) for quick trials "
                              "(None: all)")
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                       freeze_epochs=args.freeze_epochs, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                       weight_decay=args.weight_decay, cutout=args.cutout,
-                      trivial_augment=args.trivial_augment,
+                      trivial_augment=args.trivial_augment, ema=args.ema,
                       flip=(args.data != "digits"),  # digits are not mirror-symmetric
                       consistency=lbd, noise_copies=copies, consistency_eta=args.consistency_eta)
     try:
@@ -186,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
                         + (", TrivialAugment (RandAugment ranges)" if args.trivial_augment else "")
                         + (f", cutout {args.cutout}x{args.cutout}" if args.cutout else ""),
         "init": _init_note(args.init),
+        "weight_average": (f"exponential moving average of the float phase's weights, decay {args.ema:g}"
+                           if args.ema else "none"),
         "noise": NOISE_TEXT[args.mode],
         "noise_copies": copies,
         "objective": (f"consistency regularization (Jeong & Shin 2020): mean CE over {copies} noisy copies + "
@@ -239,6 +244,8 @@ def _argv_of(args) -> list[str]:
         out += ["--trivial-augment"]
     if args.cutout:
         out += ["--cutout", str(args.cutout)]
+    if args.ema:
+        out += ["--ema", f"{args.ema:g}"]
     if args.init:
         out += ["--init", args.init]
     if args.consistency is not None:

@@ -16,7 +16,10 @@ Gaussian added in float and the noisy image is then quantized to the model's uin
 
 SGD with momentum 0.9 and Nesterov, weight decay 5e-4 (``weight_decay``), cosine learning rate over all
 epochs (per step), random crop (zero padding) and horizontal flip, optionally TrivialAugment
-(``trivial_augment``) and cutout (``cutout``).
+(``trivial_augment``) and cutout (``cutout``). With ``ema`` = d > 0 the float phase keeps an exponential
+moving average of the weights and batch-norm statistics (Polyak averaging, ``w_ema <- d w_ema + (1 - d) w``
+after every step, :class:`torch.optim.swa_utils.AveragedModel`); the averaged network is the one the
+QAT phase starts from (and the float model that is exported in ``float`` mode).
 
 Consistency regularization (Jeong & Shin, NeurIPS 2020; ``consistency`` = lambda > 0): every image of
 a batch is seen under ``noise_copies`` = m independent noise draws (same crop and flip), all m*B
@@ -152,6 +155,7 @@ class TrainConfig:
     flip: bool = True
     cutout: int = 0                    # side of the cutout square in pixels (0: off)
     trivial_augment: bool = False      # one TrivialAugment operation per image (export.trivial_augment)
+    ema: float = 0.0                   # decay of the float phase's weight average (0: off)
     qat_lr_scale: float = 0.1          # fine-tuning without batch norm diverges at the float learning rate
     threads: int = 2
     consistency: float = 0.0           # lambda of consistency regularization (0: off)
@@ -197,6 +201,8 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
         raise ValueError(f"--weight-decay must be a number >= 0, got {cfg.weight_decay}")
     if cfg.cutout < 0:
         raise ValueError(f"--cutout must be >= 0 pixels, got {cfg.cutout}")
+    if not (math.isfinite(cfg.ema) and 0 <= cfg.ema < 1):
+        raise ValueError(f"--ema must be a decay in [0, 1), got {cfg.ema}")
     float_epochs, qat_epochs, _ = cfg.schedule()
     if cfg.mode != "float" and float_epochs == 0 and not pretrained:
         raise ValueError(
@@ -206,7 +212,7 @@ def check_config(cfg: TrainConfig, pretrained: bool = False) -> None:
 
 
 RECIPE_KEYS = ("arch", "mode", "sigma", "epochs", "seed", "batch_size", "lr", "consistency", "noise_copies",
-               "consistency_eta", "weight_decay", "cutout", "trivial_augment")   # a resumed run continues the same recipe or is refused
+               "consistency_eta", "weight_decay", "cutout", "trivial_augment", "ema")   # a resumed run continues the same recipe or is refused
 
 
 def check_resume(cfg: TrainConfig, stored: dict, path: str) -> None:
@@ -268,11 +274,30 @@ def evaluate(cfg: TrainConfig, net: nn.Module, x: np.ndarray, y: np.ndarray, noi
     return correct / max(1, len(x))
 
 
-def checkpoint_state(epoch, net, optimizer, phase, cfg, history) -> dict:
-    return {
+def checkpoint_state(epoch, net, optimizer, phase, cfg, history, ema=None) -> dict:
+    state = {
         "epoch": epoch, "phase": phase, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
         "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}, "history": history,
     }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def _weight_average(cfg: TrainConfig, net: nn.Module):
+    """The float phase's exponential moving average of ``net`` (weights and batch-norm buffers), or None."""
+    if cfg.ema <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
+def _take_average(net: nn.Module, ema) -> nn.Module:
+    """``net`` with the averaged weights and statistics when an average is kept."""
+    if ema is not None:
+        net.load_state_dict(ema.module.state_dict())
+    return net
 
 
 def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
@@ -296,6 +321,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
     net: nn.Module = fm.build(cfg.arch, num_classes, c, h)
     optimizer = _make_optimizer(cfg, net)
     phase, start_epoch, history = "float", 0, []
+    ema = None
     if init and not resume:
         state = torch.load(init, weights_only=True)
         if state["phase"] != "float":
@@ -311,14 +337,19 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             optimizer = _make_optimizer(cfg, net)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if phase == "float" and cfg.ema > 0:
+            ema = _weight_average(cfg, net)
+            ema.load_state_dict(state["ema"])
         log(f"resumed from {resume} after epoch {state['epoch'] + 1} ({phase})")
+    if phase == "float" and ema is None:
+        ema = _weight_average(cfg, net)
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         if epoch >= float_epochs and phase == "float" and qat_epochs > 0:
-            net = _start_qat(cfg, net, x_train, log)
+            net = _start_qat(cfg, _take_average(net, ema), x_train, log)
             optimizer = _make_optimizer(cfg, net)
-            phase = "qat"
+            phase, ema = "qat", None
         if phase == "qat" and epoch >= cfg.epochs - frozen_epochs:
             net.freeze_observers(True)
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -351,12 +382,14 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(net)
             loss_sum += loss.item() * len(idx)
             correct += int((out[:len(idx)].argmax(1) == target).sum())   # copy 0: one noise draw per image
             seen += len(idx)
             if progress is not None:
                 progress(epoch, b + 1, steps_per_epoch)
-        test_noisy = evaluate(cfg, net, x_test, y_test, noisy=True)
+        test_noisy = evaluate(cfg, net if ema is None else ema.module, x_test, y_test, noisy=True)
         rec = {"epoch": epoch + 1, "phase": phase, "loss": round(loss_sum / seen, 4),
                "train_acc": round(correct / seen, 4), "test_acc_noisy": round(test_noisy, 4),
                "seconds": round(time.time() - t0, 1)}
@@ -365,7 +398,9 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             f"test(noisy) {test_noisy:.3f} lr {lr_first or 0:.4f}->{optimizer.param_groups[0]['lr']:.4f} "
             f"{rec['seconds']:.0f}s")
         if checkpoint:
-            torch.save(checkpoint_state(epoch, net, optimizer, phase, cfg, history), checkpoint)
+            torch.save(checkpoint_state(epoch, net, optimizer, phase, cfg, history, ema), checkpoint)
+    if phase == "float":
+        net = _take_average(net, ema)
     if phase == "float" and cfg.mode != "float":  # no QAT epoch ran: quantize after training
         net = _start_qat(cfg, net, x_train, log)
         net.freeze_observers(True)

@@ -161,3 +161,41 @@ def test_cutout_and_weight_decay_are_recorded_and_bind_a_resume(tmp_path, capsys
                                  "--resume", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "b.int8")])
     err = capsys.readouterr().err
     assert rc == 2 and "another recipe" in err and "cutout 4 -> 6" in err and "trivial_augment True -> False" in err
+
+
+def test_weight_average_is_the_model_kept_and_survives_resume(tmp_path):
+    import shutil
+
+    import torch
+
+    x, y, _ = load_digits_uint8("train")
+    xs, ys = cli_train.subset(x, y, 256, seed=2)
+    cfg = TrainConfig(arch="small", mode="float", epochs=2, batch_size=64, lr=0.05, flip=False, ema=0.9)
+    ckpt, after_first = tmp_path / "m.ckpt", tmp_path / "epoch1.ckpt"
+
+    def keep_first_epoch(epoch, done, total):   # epoch 0's checkpoint is written before epoch 1's first step
+        if epoch == 1 and done == 1:
+            shutil.copy(ckpt, after_first)
+
+    straight = train(cfg, xs, ys, xs[:32], ys[:32], 10, checkpoint=str(ckpt), log=lambda s: None,
+                     progress=keep_first_epoch)["model"].state_dict()
+    state = torch.load(ckpt, weights_only=True)
+    average = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(straight[k], average[k]) for k in straight)   # the run returns the average ...
+    assert not all(torch.equal(straight[k], state["model"][k]) for k in straight)   # ... not the last weights
+    resumed = train(cfg, xs, ys, xs[:32], ys[:32], 10, resume=str(after_first), log=lambda s: None)
+    assert all(torch.equal(straight[k], v) for k, v in resumed["model"].state_dict().items())
+    with pytest.raises(ValueError, match="ema 0.9 -> 0.5"):
+        train(TrainConfig(**{**cfg.__dict__, "ema": 0.5}), xs, ys, xs, ys, 10, resume=str(after_first))
+    with pytest.raises(ValueError, match="--ema must be"):
+        check_config(TrainConfig(ema=1.0))
+
+
+def test_weight_average_is_recorded(tmp_path):
+    from export.card import card_text
+
+    rc, out = _train(tmp_path, "--epochs", "2", "--qat-epochs", "1", "--ema", "0.99")
+    prov = load_model(out).metadata
+    assert rc == 0 and "decay 0.99" in prov["weight_average"] and "--ema 0.99" in prov["command"]
+    assert "| weight average | exponential moving average of the float phase's weights, decay 0.99 |" \
+        in card_text(out, None)
