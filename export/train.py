@@ -18,8 +18,9 @@ SGD with momentum 0.9 and Nesterov, weight decay 5e-4 (``weight_decay``), cosine
 epochs (per step), random crop (zero padding) and horizontal flip, optionally TrivialAugment
 (``trivial_augment``) and cutout (``cutout``). With ``ema`` = d > 0 the float phase keeps an exponential
 moving average of the weights and batch-norm statistics (Polyak averaging, ``w_ema <- d w_ema + (1 - d) w``
-after every step, :class:`torch.optim.swa_utils.AveragedModel`); the averaged network is the one the
-QAT phase starts from (and the float model that is exported in ``float`` mode).
+after every step, :class:`torch.optim.swa_utils.AveragedModel`); the averaged network, its batch-norm
+statistics measured again on noisy training images, is the one the QAT phase starts from (and the float
+model that is exported in ``float`` mode).
 
 Consistency regularization (Jeong & Shin, NeurIPS 2020; ``consistency`` = lambda > 0): every image of
 a batch is seen under ``noise_copies`` = m independent noise draws (same crop and flip), all m*B
@@ -293,10 +294,27 @@ def _weight_average(cfg: TrainConfig, net: nn.Module):
     return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
-def _take_average(net: nn.Module, ema) -> nn.Module:
-    """``net`` with the averaged weights and statistics when an average is kept."""
-    if ema is not None:
-        net.load_state_dict(ema.module.state_dict())
+def _take_average(cfg: TrainConfig, net: nn.Module, ema, x_train: np.ndarray) -> nn.Module:
+    """``net`` with the averaged weights when an average is kept, its batch-norm statistics recomputed.
+
+    The moving average of running statistics is not the statistics of the averaged weights, so they are
+    measured again (:func:`torch.optim.swa_utils.update_bn`: a cumulative average over one pass) on the
+    training images under the calibration noise, before batch norms are folded into the convolutions.
+    """
+    if ema is None:
+        return net
+    from torch.optim.swa_utils import update_bn
+
+    net.load_state_dict(ema.module.state_dict())
+    noise = None
+    if cfg.mode not in FLOAT_NOISE_MODES:
+        noise = discrete_noise(cfg.sigma, x_train.shape, cfg.seed, CALIB_NOISE_STREAM)
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + 434343)
+    batches = [_batch_input(cfg, x_train[i:i + cfg.batch_size],
+                            None if noise is None else noise[i:i + cfg.batch_size], gen)
+               for i in range(0, len(x_train), cfg.batch_size)]
+    with torch.no_grad():
+        update_bn(batches, net)
     return net
 
 
@@ -347,7 +365,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         if epoch >= float_epochs and phase == "float" and qat_epochs > 0:
-            net = _start_qat(cfg, _take_average(net, ema), x_train, log)
+            net = _start_qat(cfg, _take_average(cfg, net, ema, x_train), x_train, log)
             optimizer = _make_optimizer(cfg, net)
             phase, ema = "qat", None
         if phase == "qat" and epoch >= cfg.epochs - frozen_epochs:
@@ -400,7 +418,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
         if checkpoint:
             torch.save(checkpoint_state(epoch, net, optimizer, phase, cfg, history, ema), checkpoint)
     if phase == "float":
-        net = _take_average(net, ema)
+        net = _take_average(cfg, net, ema, x_train)
     if phase == "float" and cfg.mode != "float":  # no QAT epoch ran: quantize after training
         net = _start_qat(cfg, net, x_train, log)
         net.freeze_observers(True)
