@@ -407,7 +407,8 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             seen += len(idx)
             if progress is not None:
                 progress(epoch, b + 1, steps_per_epoch)
-        test_noisy = evaluate(cfg, net if ema is None else ema.module, x_test, y_test, noisy=True)
+        # the network being trained: the average's running statistics are not its own until _take_average
+        test_noisy = evaluate(cfg, net, x_test, y_test, noisy=True)
         rec = {"epoch": epoch + 1, "phase": phase, "loss": round(loss_sum / seen, 4),
                "train_acc": round(correct / seen, 4), "test_acc_noisy": round(test_noisy, 4),
                "seconds": round(time.time() - t0, 1)}
