@@ -19,7 +19,7 @@ For each sigma in {0.12, 0.25, 0.50, 1.00}, with the same ResNet-20, schedule (2
 * IntRS-quant + consistency ``intengine train --mode intrs --consistency``: the shipped models' recipe
                 (``--recipe-epochs`` 30: 22 float, 8 QAT, 3 frozen; 2 noise copies, ``--recipe-lambda``
                 Jeong & Shin's lambda for each sigma; ``--recipe-cutout`` 0, ``--recipe-trivial-augment``
-                off; the shipped sigma 0.25 model's options are in its card: ``intengine info
+                off, ``--recipe-ema`` 0; the shipped sigma 0.25 model's options are in its card: ``intengine info
                 models/resnet20_sigma0.25.int8``);
                 certified by intengine like IntRS-quant. ``--reuse-recipe DIR`` takes
                 ``DIR/resnet20_sigma{s}.int8`` when its provenance shows exactly these options.
@@ -96,6 +96,8 @@ def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
             cmd += ["--cutout", str(args.recipe_cutout)]
         if getattr(args, "recipe_trivial_augment", False):
             cmd += ["--trivial-augment"]
+        if getattr(args, "recipe_ema", 0.0):
+            cmd += ["--ema", f"{args.recipe_ema:g}"]
     return cmd
 
 
@@ -103,6 +105,12 @@ def _cutout_of(meta: dict) -> int:
     """The cutout square side a model was trained with (0: none; models from before --cutout have none)."""
     found = re.search(r"cutout (\d+)x", str(meta.get("augmentation", "")))
     return int(found.group(1)) if found else 0
+
+
+def _ema_of(meta: dict) -> float:
+    """The weight-average decay a model was trained with (0: none; models from before --ema have none)."""
+    found = re.search(r"decay ([\d.e-]+)", str(meta.get("weight_average", "")))
+    return float(found.group(1)) if found else 0.0
 
 
 def _trivial_augment_of(meta: dict) -> bool:
@@ -134,6 +142,8 @@ def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str
     recipe_ta = getattr(args, "recipe_trivial_augment", False) if method == "intrs-consistency" else False
     if _trivial_augment_of(meta) != recipe_ta:
         diff.append("trivial_augment")
+    if _ema_of(meta) != (getattr(args, "recipe_ema", 0.0) if method == "intrs-consistency" else 0.0):
+        diff.append("ema")
     if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
         diff.append("sigma")
     if Path(str(meta.get("dataset", "")).split(" from ")[-1]).name != Path(args.data).name:
@@ -393,6 +403,8 @@ def main(argv=None) -> int:
                     help="IntRS-quant + consistency: cutout square side (the shipped sigma 0.25 model: 8)")
     ap.add_argument("--recipe-trivial-augment", action="store_true",
                     help="IntRS-quant + consistency: one TrivialAugment operation per training image")
+    ap.add_argument("--recipe-ema", type=float, default=0.0, metavar="DECAY",
+                    help="IntRS-quant + consistency: weight-average decay of the float phase (0: off)")
     ap.add_argument("--recipe-lambda", type=float, default=None, metavar="LAMBDA",
                     help="IntRS-quant + consistency: the consistency weight (default: the paper's for each sigma)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))

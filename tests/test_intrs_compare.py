@@ -86,7 +86,8 @@ def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
     args = argparse.Namespace(epochs=20, qat_epochs=6, freeze_epochs=2, recipe_epochs=meta["epochs"],
                               recipe_qat_epochs=meta["qat_epochs"], recipe_freeze_epochs=meta["frozen_observer_epochs"],
                               recipe_cutout=mod._cutout_of(meta),
-                              recipe_trivial_augment=mod._trivial_augment_of(meta), recipe_lambda=meta.get("consistency_lambda"), seed=0, threads=2,
+                              recipe_trivial_augment=mod._trivial_augment_of(meta), recipe_ema=mod._ema_of(meta),
+                              recipe_lambda=meta.get("consistency_lambda"), seed=0, threads=2,
                               data=str(REPO.parent / "shared/data/cifar10_subset.npz"))
     consistent = meta.get("consistency_lambda", 0.0) > 0
     plain_why = mod._reusable(args, shipped, 0.25, "intrs-quant")
@@ -101,6 +102,10 @@ def test_recipe_models_are_reused_only_with_the_recipes_options(tmp_path):
     assert "trivial_augment" in mod._reusable(other_ta, shipped, 0.25, "intrs-consistency")
     assert ("--trivial-augment" in mod._train_args(other_ta, "intrs-consistency", 0.25, tmp_path / "m.int8")) \
         == other_ta.recipe_trivial_augment
+    other_ema = argparse.Namespace(**{**vars(args), "recipe_ema": 0.99 if mod._ema_of(meta) != 0.99 else 0.0})
+    assert "ema" in mod._reusable(other_ema, shipped, 0.25, "intrs-consistency")
+    assert mod._ema_of({"weight_average": "exponential moving average of the float phase's weights, decay 0.999"}) \
+        == 0.999 and mod._ema_of({}) == 0.0
     other_lambda = argparse.Namespace(**{**vars(args), "recipe_lambda": meta.get("consistency_lambda", 0.0) + 1})
     assert "consistency_lambda" in mod._reusable(other_lambda, shipped, 0.25, "intrs-consistency")   # another weight
     cmd = mod._train_args(other_lambda, "intrs-consistency", 0.25, tmp_path / "m.int8")
