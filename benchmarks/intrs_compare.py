@@ -94,9 +94,9 @@ def _train_args(args, method: str, sigma: float, path: Path) -> list[str]:
         cmd += ["--consistency"] + ([f"{args.recipe_lambda:g}"] if args.recipe_lambda is not None else [])
         if args.recipe_cutout:
             cmd += ["--cutout", str(args.recipe_cutout)]
-        if getattr(args, "recipe_trivial_augment", False):
+        if args.recipe_trivial_augment:
             cmd += ["--trivial-augment"]
-        if getattr(args, "recipe_ema", 0.0):
+        if args.recipe_ema:
             cmd += ["--ema", f"{args.recipe_ema:g}"]
     return cmd
 
@@ -137,12 +137,12 @@ def _reusable(args, src: Path, sigma: float, method: str = "intrs-quant") -> str
     elif meta.get("consistency_lambda", 0.0) != 0.0 or meta.get("noise_copies", 1) != 1:
         return f"{src} was trained with consistency regularization"
     diff = [k for k, v in want.items() if meta.get(k) != v]
-    if _cutout_of(meta) != (args.recipe_cutout if method == "intrs-consistency" else 0):
+    recipe = method == "intrs-consistency"   # the plain methods train with none of the recipe's extras
+    if _cutout_of(meta) != (args.recipe_cutout if recipe else 0):
         diff.append("cutout")
-    recipe_ta = getattr(args, "recipe_trivial_augment", False) if method == "intrs-consistency" else False
-    if _trivial_augment_of(meta) != recipe_ta:
+    if _trivial_augment_of(meta) != (args.recipe_trivial_augment if recipe else False):
         diff.append("trivial_augment")
-    if _ema_of(meta) != (getattr(args, "recipe_ema", 0.0) if method == "intrs-consistency" else 0.0):
+    if _ema_of(meta) != (args.recipe_ema if recipe else 0.0):
         diff.append("ema")
     if f"--sigma {stag(sigma)} " not in meta.get("command", "") and f"--sigma {sigma} " not in meta.get("command", ""):
         diff.append("sigma")

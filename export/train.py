@@ -306,16 +306,23 @@ def _take_average(cfg: TrainConfig, net: nn.Module, ema, x_train: np.ndarray) ->
     from torch.optim.swa_utils import update_bn
 
     net.load_state_dict(ema.module.state_dict())
-    noise = None
-    if cfg.mode not in FLOAT_NOISE_MODES:
-        noise = discrete_noise(cfg.sigma, x_train.shape, cfg.seed, CALIB_NOISE_STREAM)
+    noise = _calibration_noise(cfg, x_train.shape)
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + 434343)
-    batches = [_batch_input(cfg, x_train[i:i + cfg.batch_size],
+    batches = (_batch_input(cfg, x_train[i:i + cfg.batch_size],
                             None if noise is None else noise[i:i + cfg.batch_size], gen)
-               for i in range(0, len(x_train), cfg.batch_size)]
+               for i in range(0, len(x_train), cfg.batch_size))   # one pass: update_bn reads it once
     with torch.no_grad():
         update_bn(batches, net)
     return net
+
+
+def _calibration_noise(cfg: TrainConfig, shape) -> np.ndarray | None:
+    """The calibration bank (CALIB_NOISE_STREAM) for images of ``shape``; None where torch draws the noise.
+
+    The sampler keys each value by (image row, pixel), so a shorter bank is the start of a longer one."""
+    if cfg.mode in FLOAT_NOISE_MODES:
+        return None
+    return discrete_noise(cfg.sigma, shape, cfg.seed, CALIB_NOISE_STREAM)
 
 
 def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
@@ -339,7 +346,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
     net: nn.Module = fm.build(cfg.arch, num_classes, c, h)
     optimizer = _make_optimizer(cfg, net)
     phase, start_epoch, history = "float", 0, []
-    ema = None
+    ema = None   # the float phase's weight average (cfg.ema > 0), set below
     if init and not resume:
         state = torch.load(init, weights_only=True)
         if state["phase"] != "float":
@@ -355,12 +362,11 @@ def train(cfg: TrainConfig, x_train, y_train, x_test, y_test, num_classes: int,
             optimizer = _make_optimizer(cfg, net)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if phase == "float" and cfg.ema > 0:
-            ema = _weight_average(cfg, net)
-            ema.load_state_dict(state["ema"])
         log(f"resumed from {resume} after epoch {state['epoch'] + 1} ({phase})")
-    if phase == "float" and ema is None:
+    if phase == "float":
         ema = _weight_average(cfg, net)
+        if resume and ema is not None:   # check_resume has matched the decay: the checkpoint holds the average
+            ema.load_state_dict(state["ema"])
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -440,9 +446,7 @@ def _start_qat(cfg: TrainConfig, net: nn.Module, x_train, log, calib_batches: in
     qnet.train()
     rng = np.random.default_rng([cfg.seed, 424242])
     pool = min(len(x_train), calib_batches * cfg.batch_size)
-    noise = None
-    if cfg.mode not in FLOAT_NOISE_MODES:
-        noise = discrete_noise(cfg.sigma, (pool,) + x_train.shape[1:], cfg.seed, CALIB_NOISE_STREAM)
+    noise = _calibration_noise(cfg, (pool,) + x_train.shape[1:])
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + 424242)
     with torch.no_grad():
         for b in range(calib_batches):

@@ -32,13 +32,13 @@ SIGNED = frozenset({"shear_x", "shear_y", "translate_x", "translate_y", "rotate"
 
 def apply_op(image: np.ndarray, op: str, magnitude: float) -> np.ndarray:
     """``image`` (H, W, C) uint8 under ``op`` at signed ``magnitude`` in [-1, 1]; a new uint8 array."""
+    if op == "identity":
+        return image.copy()
     from PIL import Image, ImageEnhance, ImageOps
 
     h, w, c = image.shape
     pil = Image.fromarray(image[..., 0] if c == 1 else image)   # Pillow's grayscale mode "L" is 2-D
     m = float(magnitude)
-    if op == "identity":
-        return image.copy()
     if op in ("shear_x", "shear_y", "translate_x", "translate_y"):
         # Image.transform's AFFINE data maps output (x, y) to input (a x + b y + c, d x + e y + f)
         a, b, c, d, e, f = 1.0, 0.0, 0.0, 0.0, 1.0, 0.0
